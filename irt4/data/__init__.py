@@ -1,0 +1,1 @@
+"""Data: RadioMapSeer layout, procedural cities and the condition encoding."""
