@@ -1,4 +1,5 @@
-# make install: the venv, torch (CPU build, only if missing) and irt4 in editable mode with its extension.
+# make install: the venv, torch (CPU build, only if missing) and irt4 in editable mode with its extension and
+# the [sim] extra (sionna-rt), plus Debian's libLLVM 19 for Sionna's CPU backend when missing (root + apt only).
 # make test: lint, then the tests. make demo: the end-to-end demo.
 PY := .venv/bin/python
 PIP := $(PY) -m pip
@@ -10,9 +11,20 @@ TORCH_VERSION := 2.13.0
 INSTALL_STAMP := .venv/.irt4-installed
 BUILD_INPUTS := pyproject.toml CMakeLists.txt $(wildcard csrc/*)
 
-.PHONY: install test demo clean
+.PHONY: install libllvm test demo clean
 
-install: $(INSTALL_STAMP)
+install: libllvm $(INSTALL_STAMP)
+
+# Dr.Jit (under sionna-rt) aborts with libLLVM 14-16 and works with 19 (../shared/spec/sionna.md).
+libllvm:
+	@if ls /usr/lib/*/libLLVM.so.19* >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		{ apt-get update && apt-get install -y libllvm19; } || \
+			echo "note: apt-get could not install libllvm19: irt4-data synth will not run, its test is skipped"; \
+	else \
+		echo "note: libLLVM 19 is missing and cannot be installed here (needs root and apt-get):" \
+			"irt4-data synth will not run and its test is skipped; install libllvm19 or set DRJIT_LIBLLVM_PATH"; \
+	fi
 
 $(PY):
 	python3 -m venv .venv
@@ -20,7 +32,7 @@ $(PY):
 $(INSTALL_STAMP): $(PY) $(BUILD_INPUTS)
 	$(PY) -c 'import torch' 2>/dev/null || $(PIP) install torch==$(TORCH_VERSION)
 	$(PIP) install scikit-build-core cmake ninja
-	$(PIP) install --no-build-isolation -e '.[dev]'
+	$(PIP) install --no-build-isolation -e '.[dev,sim]'
 	touch $@
 
 test: install

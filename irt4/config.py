@@ -104,7 +104,7 @@ class DiffusionConfig:
 @dataclass
 class DataConfig:
     simulation: str = "IRT4"
-    split: str = "radiounet"
+    split: str = "auto"  # radiounet on RadioMapSeer (maps 1..700), a seeded split by map otherwise
     num_workers: int = 2
     target_divisor: float = 255.0  # the reference IRT4 loader used 256
     gain_db_range: tuple[float, float] = (-147.0, -47.0)
@@ -125,7 +125,12 @@ class TrainerConfig:
     ema_update_every: int = 10
     save_every: int = 1000
     log_every: int = 500
-    precision: str = "fp32"
+    precision: str = "fp32"  # the recipe; irt4-train records here what it ran with
+    warmup_steps: int = 0  # linear warm-up before the schedule (the reference has none)
+    keep_checkpoints: int = 3  # ckpt-*.pt files kept in a run folder (the newest ones)
+    nan_policy: str = "skip"  # non-finite loss: "skip" the batch or "stop" with the last good state
+    seed: int = 0
+    sample_maps: int = 4  # maps in the sample grid written at each checkpoint
 
 
 @dataclass
@@ -178,8 +183,17 @@ class Config:
         if not 0.0 < self.diffusion.eps < 1.0 / self.diffusion.sampling_steps:
             raise ConfigError("diffusion.eps must lie in (0, 1/diffusion.sampling_steps)")
         for key in ("trainer", "vae_trainer"):
-            if getattr(self, key).precision not in ("fp32", "bf16", "fp16"):
+            trainer = getattr(self, key)
+            if trainer.precision not in ("fp32", "bf16", "fp16"):
                 raise ConfigError(f"{key}.precision must be fp32, bf16 or fp16")
+            if trainer.lr_schedule not in ("cosine_restarts", "poly_reference"):
+                raise ConfigError(f"{key}.lr_schedule must be cosine_restarts or poly_reference")
+            if trainer.nan_policy not in ("skip", "stop"):
+                raise ConfigError(f"{key}.nan_policy must be skip or stop, got {trainer.nan_policy!r}")
+            positive = ("batch_size", "gradient_accumulate_every", "restart_period", "save_every")
+            for name in (*positive, "keep_checkpoints", "log_every", "ema_update_every"):
+                if getattr(trainer, name) < 1:
+                    raise ConfigError(f"{key}.{name} must be at least 1")
 
 
 def _convert(value: Any, annotation: Any, key: str) -> Any:

@@ -20,7 +20,9 @@ from irt4.config import load_config
 from irt4.data.city import random_city, random_transmitter, transmitter_image
 from irt4.data.condition import condition_tensor
 from irt4.errors import InputError
+from irt4.models.layers import fold_weight_standardization
 from irt4.models.radiodiff import RadioDiff
+from irt4.train.logs import save_sample_grid
 
 DISK_SIZE = 256  # RadioMapSeer maps are 256 x 256 px
 
@@ -30,21 +32,11 @@ def to_grey_png(values: np.ndarray, path: Path) -> None:
     Image.fromarray(np.round(np.clip(values, 0, 1) * 255).astype(np.uint8), mode="L").save(path)
 
 
-def preview(buildings: list[np.ndarray], tx: list[tuple[int, int]], maps: list[np.ndarray]) -> Image.Image:
-    """One row per map: buildings with the transmitter in red, then the radio map."""
-    rows = []
-    for b, (r, c), m in zip(buildings, tx, maps):
-        city = np.stack([b * 160] * 3, axis=-1).astype(np.uint8)
-        city[max(0, r - 2) : r + 3, max(0, c - 2) : c + 3] = (255, 0, 0)
-        radio = np.stack([np.round(np.clip(m, 0, 1) * 255)] * 3, axis=-1).astype(np.uint8)
-        rows.append(np.concatenate([city, np.full((DISK_SIZE, 4, 3), 255, np.uint8), radio], axis=1))
-    return Image.fromarray(np.concatenate(rows, axis=0))
-
-
 def run(config: str, maps: int, steps: int, seed: int, out: Path) -> None:
     cfg = load_config(config)
     torch.manual_seed(seed)
     model = RadioDiff(cfg).eval()
+    fold_weight_standardization(model.unet)
     print(
         f"irt4 demo: preset {cfg.name!r} with RANDOM weights (the trained default model comes with issue 9)"
     )
@@ -71,7 +63,7 @@ def run(config: str, maps: int, steps: int, seed: int, out: Path) -> None:
     for i, (city, radio) in enumerate(zip(cities, predicted)):
         to_grey_png(city, out / f"{i}_buildings.png")
         to_grey_png(radio, out / f"{i}_radio.png")
-    preview(cities, sites, list(predicted)).save(out / "preview.png")
+    save_sample_grid(out / "preview.png", torch.from_numpy(predicted)[:, None], cond=cond)
     print(f"wrote {maps} radio maps and preview.png to {out}/")
     print(f"{maps / elapsed:.2f} maps/s ({elapsed:.1f} s for {maps} maps)")
 

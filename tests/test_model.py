@@ -133,3 +133,25 @@ def test_scale_by_std_sets_unit_latent_std(cfg):
     model.set_scale_from_batch(image, g)
     z = model.encode_target(image, torch.Generator().manual_seed(0))
     assert z.flatten().std().item() == pytest.approx(1.0, rel=1e-4)
+
+
+def test_folded_weight_standardization_gives_the_same_step(cfg):
+    from irt4.models.layers import fold_weight_standardization, unfold_weight_standardization
+
+    model = _model(cfg).eval()
+    _, cond = _batch(cfg)
+    x = torch.randn(2, *model.latent_shape)
+    t = torch.tensor([0.3, 0.8])
+    proj = model.unet.down_levels[0].block1.block1.proj
+    with torch.no_grad():
+        expected = model.unet(x, t, cond)
+        assert fold_weight_standardization(model.unet) > 0
+        original = proj.weight.clone()
+        proj.weight.add_(torch.randn_like(original))  # ignored while folded: the folded weight is used
+        folded = model.unet(x, t, cond)
+        proj.weight.copy_(original)
+        unfold_weight_standardization(model.unet)
+        unfolded = model.unet(x, t, cond)
+    for a, b, c in zip(expected, folded, unfolded):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+        assert torch.equal(c, a)

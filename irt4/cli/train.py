@@ -1,0 +1,213 @@
+"""`irt4-train`: train the VAE, then the latent diffusion model, resumably (issue 4).
+
+  irt4-train vae --config C --data ROOT --out RUN_VAE
+  irt4-train ldm --config C --data ROOT --vae RUN_VAE/last.pt --out RUN
+  irt4-train report RUN
+
+Under `torchrun --nproc_per_node=N` the same commands run DistributedDataParallel. User mistakes
+(InputError, ConfigError) print one line on stderr and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from irt4.config import Config, apply_overrides, config_from_dict, load_config
+from irt4.errors import InputError
+
+PROG = "irt4-train"
+log = logging.getLogger(PROG)
+
+
+def _add_run_options(parser: argparse.ArgumentParser, stage: str) -> None:
+    section = "vae_trainer" if stage == "vae" else "trainer"
+    parser.add_argument(
+        "--config",
+        help="preset name (tiny, small, irt4-radiodiff, irt4-radiodiff-256) or YAML file; "
+        "required unless --resume, which takes the run's own config",
+    )
+    parser.add_argument("--data", type=Path, required=True, help="RadioMapSeer-layout data root")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="run folder (config, checkpoints, logs, report)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a config field, e.g. --set {section}.lr=1e-4 (repeatable); "
+        f"this stage's recipe is the `{section}` section",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest valid checkpoint in --out (weights, optimizer, scheduler, EMA, "
+        "grad scaler, RNG and data order)",
+    )
+    parser.add_argument("--compile", action="store_true", help="torch.compile the trained network")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        help="fp32, bf16 autocast, or fp16 autocast with a grad scaler; default: bf16 on GPUs that "
+        f"support it, else fp32, or {section}.precision when --set names it",
+    )
+    parser.add_argument("--device", help="torch device, e.g. cuda, cuda:1, cpu (default: cuda if present)")
+    parser.add_argument(
+        "--steps", type=int, help=f"number of optimizer steps (sets {section}.train_num_steps)"
+    )
+    parser.add_argument(
+        "--seed", type=int, help=f"seed of weights, data order and noise (sets {section}.seed)"
+    )
+    parser.add_argument("--workers", type=int, help="dataloader worker processes (sets data.num_workers)")
+    parser.add_argument(
+        "--no-tensorboard", action="store_true", help="write metrics.jsonl/csv only, no TensorBoard events"
+    )
+    parser.add_argument(
+        "--sample-steps",
+        type=int,
+        default=5,
+        help="sampler steps for the sample grid at each checkpoint (ldm; default 5)",
+    )
+    parser.add_argument(
+        "--inject-nan-at",
+        type=int,
+        metavar="STEP",
+        help="testing aid: make the loss of step STEP NaN, to exercise the nan_policy",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Train the first-stage VAE, then the latent diffusion model, with resumable "
+        "checkpoints, mixed precision, torch.compile and DDP (torchrun).",
+    )
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help="vae, ldm or report (COMMAND --help for its options)"
+    )
+    vae = commands.add_parser(
+        "vae", help="train the VAE (the vae_trainer recipe)", description="Train the VAE."
+    )
+    _add_run_options(vae, "vae")
+    ldm = commands.add_parser(
+        "ldm",
+        help="train the diffusion UNet on a frozen VAE (the trainer recipe)",
+        description="Train the conditional UNet on latents of a frozen VAE.",
+    )
+    _add_run_options(ldm, "ldm")
+    ldm.add_argument(
+        "--vae",
+        type=Path,
+        help="checkpoint of an `irt4-train vae` run (e.g. RUN_VAE/last.pt); its EMA weights are used; "
+        "required unless --resume",
+    )
+    ldm.add_argument(
+        "--cache-latents",
+        action="store_true",
+        help="encode every training map's VAE posterior once and sample latents from it at each step",
+    )
+    report = commands.add_parser(
+        "report", help="write RUN/report.md with loss and LR plots", description="Write a run's report."
+    )
+    report.add_argument("run", type=Path, help="run folder")
+    return parser
+
+
+def _resolve_config(args: argparse.Namespace, section: str) -> tuple[Config, tuple | None]:
+    """The run's config: --config (or the resumed checkpoint's) with the command-line overrides."""
+    from irt4.train.checkpoint import load_newest_valid
+
+    overrides = list(args.overrides)
+    for value, key in ((args.steps, f"{section}.train_num_steps"), (args.seed, f"{section}.seed")):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    if args.workers is not None:
+        overrides.append(f"data.num_workers={args.workers}")
+    resume = None
+    if args.resume:
+        resume = load_newest_valid(args.out) if args.out.is_dir() else None
+        if resume is None:
+            raise InputError(f"--resume: {args.out} holds no readable checkpoint")
+        path, checkpoint = resume
+        if checkpoint.get("stage") != args.command:
+            raise InputError(f"--resume: {path} is a {checkpoint.get('stage')} run, not {args.command}")
+        if args.config:
+            log.info("--resume: using the config stored in %s, not --config", path)
+        cfg = apply_overrides(config_from_dict(checkpoint["config"]), overrides)
+    else:
+        if not args.config:
+            raise InputError("--config is required (unless --resume)")
+        if any(args.out.glob("ckpt-*.pt")):
+            raise InputError(f"{args.out} already holds checkpoints: pass --resume, or another --out")
+        cfg = load_config(args.config, overrides)
+    return cfg, resume
+
+
+def train(args: argparse.Namespace) -> int:
+    from irt4.train.stages import LDMStage, VAEStage, datasets, read_vae_weights
+    from irt4.train.trainer import RunOptions, Trainer, resolve_precision, seed_everything, setup_distributed
+
+    section = "vae_trainer" if args.command == "vae" else "trainer"
+    if args.sample_steps < 1:
+        raise InputError("--sample-steps must be at least 1")
+    cfg, resume = _resolve_config(args, section)
+    env = setup_distributed(args.device)
+    if not env.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
+    precision = args.precision
+    if precision is None and any(o.startswith(f"{section}.precision=") for o in args.overrides):
+        precision = getattr(cfg, section).precision
+    precision = resolve_precision(precision, env.device)
+    cfg = apply_overrides(cfg, [f"{section}.precision={precision}"])  # the config records what ran
+
+    seed_everything(getattr(cfg, section).seed)
+    train_set, sample_set = datasets(cfg, args.data)
+    if args.command == "vae":
+        stage = VAEStage(cfg, train_set, sample_set)
+    else:
+        if resume is None and args.vae is None:
+            raise InputError("--vae is required: the checkpoint of an `irt4-train vae` run")
+        vae_weights = None if resume is not None else read_vae_weights(args.vae, cfg)
+        stage = LDMStage(cfg, train_set, sample_set, vae_weights, cache_latents=args.cache_latents)
+    options = RunOptions(
+        run_dir=args.out,
+        precision=precision,
+        compile=args.compile,
+        tensorboard=not args.no_tensorboard,
+        sample_steps=args.sample_steps,
+        inject_nan_at=args.inject_nan_at,
+    )
+    try:
+        return Trainer(stage, cfg, options, env, resume).run()
+    finally:
+        if env.active:
+            torch.distributed.destroy_process_group()
+
+
+def report(args: argparse.Namespace) -> int:
+    from irt4.train.report import write_report
+
+    if not (args.run / "run.json").is_file():
+        raise InputError(f"{args.run}: not a training run folder (no run.json)")
+    print(write_report(args.run))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format=f"{PROG}: %(levelname)s: %(message)s")
+    try:
+        return report(args) if args.command == "report" else train(args)
+    except InputError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""Sionna RT on the CPU: the one place irt4 imports sionna/mitsuba/drjit (inside functions only).
+
+Measured behaviour this relies on: ../shared/spec/sionna.md. In short: Dr.Jit's LLVM backend
+aborts the whole process with libLLVM 14-16 and works with 19, so libLLVM 19 is pinned through
+DRJIT_LIBLLVM_PATH (unless the user set it) and the backend is probed with a tiny solve in a
+subprocess before any real work; PathSolver's path buffer is shared by all receivers of a call and
+overflows silently, so receivers go in fixed-size chunks with a buffer sized per receiver.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+from irt4.errors import InputError
+
+LLVM_ENV = "DRJIT_LIBLLVM_PATH"
+MIN_LLVM = 19  # 14-16 abort at the first solve (sionna.md); 19 and 22 measured to work
+# Debian's libllvm19 installs /usr/lib/<triplet>/libLLVM.so.19.1; upstream packages use llvm-N/lib
+_LLVM_GLOBS = ("/usr/lib/*/libLLVM.so.*", "/usr/lib/*/libLLVM-*.so", "/usr/lib/llvm-*/lib/libLLVM*.so*")
+INSTALL_HINT = (
+    "install Debian's libLLVM 19 (`apt-get install -y libllvm19`) or set DRJIT_LIBLLVM_PATH to a "
+    "libLLVM.so of version 19 or newer"
+)
+SIM_HINT = "pip install 'irt4[sim]' (sionna-rt 2.2)"
+_probe_error: str | None = None  # cached failure of the backend probe
+_probe_done = False
+
+
+@dataclass(frozen=True)
+class TraceSettings:
+    """PathSolver settings (sionna.md, "Solvers")."""
+
+    frequency: float = 5.9e9
+    max_depth: int = 4
+    samples_per_src: int = 100_000
+    paths_per_rx: int = 4_000  # path slots per receiver; the buffer levels off near ~4,000 (sionna.md)
+    seed: int = 42
+    wall_thickness: float = 0.2
+
+
+def llvm_version(path: str) -> int | None:
+    match = re.search(r"libLLVM[.-](?:so\.)?(\d+)", os.path.basename(path))
+    return int(match.group(1)) if match else None
+
+
+def find_libllvm() -> str | None:
+    """The libLLVM to pin: version 19 if present (the measured one), else the newest >= 19."""
+    found = {}
+    for pattern in _LLVM_GLOBS:
+        for path in glob.glob(pattern):
+            version = llvm_version(path)
+            if version is not None and version >= MIN_LLVM and os.path.isfile(path):
+                found.setdefault(version, path)
+    if not found:
+        return None
+    return found[MIN_LLVM] if MIN_LLVM in found else found[max(found)]
+
+
+def pin_libllvm() -> str | None:
+    """Set DRJIT_LIBLLVM_PATH (before drjit is imported) unless the user set it; returns the path."""
+    if not os.environ.get(LLVM_ENV):
+        path = find_libllvm()
+        if path is not None:
+            os.environ[LLVM_ENV] = path
+    return os.environ.get(LLVM_ENV)
+
+
+def sionna_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for name in ("sionna-rt", "mitsuba", "drjit"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "missing"
+    return versions
+
+
+def require_backend() -> None:
+    """Raise a clear error unless sionna-rt is installed and a tiny solve works (checked once, in a
+    subprocess: a bad libLLVM aborts the process it runs in)."""
+    global _probe_done, _probe_error
+    # find_spec("sionna.rt") would import sionna, and with it Dr.Jit: look at the metadata only
+    if sionna_versions()["sionna-rt"] == "missing" or importlib.util.find_spec("sionna") is None:
+        raise InputError(f"sionna-rt is not installed: {SIM_HINT}")
+    if not _probe_done:
+        _probe_error = _run_probe()
+        _probe_done = True
+    if _probe_error is not None:
+        raise RuntimeError(_probe_error)
+
+
+def _run_probe() -> str | None:
+    llvm = pin_libllvm()
+    code = "from irt4.data.raytrace import probe_solve; probe_solve()"
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=os.environ.copy()
+        )
+    except subprocess.TimeoutExpired:
+        return "the Sionna RT backend probe (a tiny solve in a subprocess) did not finish in 600 s"
+    if result.returncode == 0:
+        return None
+    tail = " | ".join((result.stderr or result.stdout).strip().splitlines()[-3:])
+    if result.returncode >= 0:  # a Python error, not a crashed backend
+        hint = f". Dr.Jit needs libLLVM >= {MIN_LLVM}: {INSTALL_HINT}" if "LLVM" in tail else ""
+        return f"Sionna RT's tiny test solve failed (exit code {result.returncode}): {tail}{hint}"
+    return (
+        f"Sionna RT's CPU backend crashed in a tiny test solve (signal {-result.returncode}; "
+        f"{LLVM_ENV}={llvm or 'unset'}): {tail}. Dr.Jit needs libLLVM >= {MIN_LLVM}: {INSTALL_HINT}"
+    )
+
+
+def probe_solve() -> None:
+    """A one-box scene with one transmitter and two receivers, solved at depth 1 (run by the probe)."""
+    from irt4.data.scene import boxes_mesh, ground_mesh
+
+    vertices, faces = boxes_mesh(np.array([[10, 10, 20, 20]]), 10.0)
+    tracer = RayTracer(
+        (vertices, faces),
+        ground_mesh(32),
+        np.array([[5.5, 5.5, 1.5]]),
+        rx_per_call=2,
+        settings=TraceSettings(max_depth=1, samples_per_src=1000, paths_per_rx=64),
+    )
+    gain_db = tracer.path_gain_db(np.array([[25.5, 5.5, 1.5], [25.5, 25.5, 1.5]]))
+    assert gain_db.shape == (1, 2) and np.isfinite(gain_db[0, 0]), gain_db
+
+
+def _mi_mesh(name: str, vertices: np.ndarray, faces: np.ndarray, material):
+    import drjit as dr
+    import mitsuba as mi
+
+    props = mi.Properties()
+    props["face_normals"] = True
+    props["bsdf"] = material
+    mesh = mi.Mesh(name, vertex_count=len(vertices), face_count=len(faces), props=props)
+    params = mi.traverse(mesh)
+    params["vertex_positions"] = dr.ravel(mi.Point3f(np.ascontiguousarray(vertices.T, dtype=np.float32)))
+    params["faces"] = dr.ravel(mi.Point3u(np.ascontiguousarray(faces.T, dtype=np.uint32)))
+    params.update()
+    return mesh
+
+
+class RayTracer:
+    """One city scene (buildings + ground + transmitters) and a fixed pool of receivers that is moved
+    chunk by chunk over the receiver points, so every call has the same size (no recompilation)."""
+
+    def __init__(
+        self,
+        buildings_mesh: tuple[np.ndarray, np.ndarray],
+        ground: tuple[np.ndarray, np.ndarray],
+        tx_points: np.ndarray,
+        rx_per_call: int,
+        settings: TraceSettings,
+        threads: int | None = None,
+    ):
+        pin_libllvm()
+        import drjit as dr
+        import mitsuba as mi
+        import sionna.rt as rt
+
+        if threads is not None:
+            dr.set_thread_count(threads)
+        self.settings = settings
+        self.rx_per_call = rx_per_call
+        self.scene = rt.load_scene(None, merge_shapes=False)
+        self.scene.frequency = settings.frequency
+        for array in ("tx_array", "rx_array"):
+            setattr(
+                self.scene,
+                array,
+                rt.PlanarArray(num_rows=1, num_cols=1, pattern="iso", polarization="V"),
+            )
+        # object and material names share one namespace, and a "mat-" prefix is stripped (sionna.md)
+        walls = rt.ITURadioMaterial("concrete-walls", "concrete", thickness=settings.wall_thickness)
+        soil = rt.ITURadioMaterial("dry-soil", "medium_dry_ground", thickness=1.0)
+        objects = [
+            rt.SceneObject(mi_mesh=_mi_mesh("ground", *ground, soil), name="ground", radio_material=soil)
+        ]
+        if len(buildings_mesh[1]):
+            objects.append(
+                rt.SceneObject(
+                    mi_mesh=_mi_mesh("buildings", *buildings_mesh, walls),
+                    name="buildings",
+                    radio_material=walls,
+                )
+            )
+        self.scene.edit(add=objects)
+        for k, point in enumerate(np.asarray(tx_points, dtype=np.float64)):
+            self.scene.add(rt.Transmitter(name=f"tx{k}", position=mi.Point3f(*map(float, point))))
+        self.num_tx = len(tx_points)
+        self.receivers = [
+            rt.Receiver(name=f"rx{i}", position=mi.Point3f(0.0, 0.0, 1.5)) for i in range(rx_per_call)
+        ]
+        for receiver in self.receivers:
+            self.scene.add(receiver)
+        self.solver = rt.PathSolver(deterministic=True)
+
+    def path_gain_db(self, rx_points: np.ndarray) -> np.ndarray:
+        """(num_tx, N) path gain in dB at the (N, 3) receiver points: the power of all paths summed
+        incoherently (|a|^2 added, phases ignored); -inf where no path arrives."""
+        import mitsuba as mi
+
+        rx_points = np.asarray(rx_points, dtype=np.float64).reshape(-1, 3)
+        gain = np.zeros((self.num_tx, len(rx_points)))
+        s = self.settings
+        for start in range(0, len(rx_points), self.rx_per_call):
+            chunk = rx_points[start : start + self.rx_per_call]
+            # pad the last chunk with copies of its last point: same call size, no recompilation
+            padded = np.concatenate([chunk, np.repeat(chunk[-1:], self.rx_per_call - len(chunk), axis=0)])
+            for receiver, point in zip(self.receivers, padded):
+                receiver.position = mi.Point3f(*map(float, point))
+            paths = self.solver(
+                self.scene,
+                max_depth=s.max_depth,
+                max_num_paths_per_src=s.paths_per_rx * self.rx_per_call,
+                samples_per_src=s.samples_per_src,
+                los=True,
+                specular_reflection=True,
+                diffuse_reflection=False,
+                refraction=False,
+                diffraction=True,
+                seed=s.seed,
+            )
+            a_real, a_imag = (np.asarray(part.numpy(), dtype=np.float64) for part in paths.a)
+            power = a_real**2 + a_imag**2  # (rx, rx_ant, tx, tx_ant, paths)
+            valid = np.asarray(paths.valid.numpy(), dtype=bool)  # (rx, tx, paths) with synthetic arrays
+            power *= valid.reshape(len(valid), 1, self.num_tx, 1, -1) if valid.ndim == 3 else valid
+            per_rx = power.sum(axis=(1, 3, 4))  # (rx, tx)
+            gain[:, start : start + len(chunk)] = per_rx[: len(chunk)].T
+        with np.errstate(divide="ignore"):
+            return 10.0 * np.log10(gain)

@@ -1,0 +1,477 @@
+"""Generate a RadioMapSeer-layout data set by ray tracing procedural cities with Sionna RT.
+
+Each map: a random street-grid city (irt4.data.city) on a 256 x 256 m tile, 1 px = 1 m; its
+footprints as axis-aligned concrete boxes (one mesh) on a dry-ground plane; transmitters at 1.5 m on
+street pixels; receivers at 1.5 m on a GRID x GRID lattice over the outdoor cells, traced with
+Sionna's PathSolver (up to MAX_DEPTH reflections, first-order diffraction, no refraction), the power
+of all paths summed incoherently -> path gain in dB, interpolated in dB to 256 x 256, buildings set
+to 0, dB -> grey with dB = LO + (HI - LO) p / 255 (radiomapseer.md; weaker than LO -> 0).
+
+The maps are IRT4-like, not IRT4-equal: Sionna's diffraction is first order (one per path) where
+WinProp's IRT4 allows four interactions of any kind. Needs `pip install 'irt4[sim]'` and libLLVM >= 19
+(`apt-get install libllvm19`). Deterministic for a seed; resumable (finished maps are skipped, each
+map's files appear by atomic renames); settings of a root are fixed by its irt4-synth.json.
+
+Writes under ROOT:
+  png/buildings_complete/{m}.png  255 = building        png/antennas/{m}_{k}.png  255 at the tx
+  gain/IRT4/{m}_{k}.png           grey path gain        antenna/{m}.json          [[col, row], ...]
+  gain_db/IRT4/{m}_{k}.npy        raw path gain in dB at GRID x GRID, float16 (NaN: cell centre in a
+                                  building, no receiver; -inf: no path arrived)
+  irt4-synth.json                 generator version, seed, settings, sionna/mitsuba/drjit versions
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from irt4.config import DataConfig
+from irt4.data.city import random_city, transmitter_image
+from irt4.data.scene import (
+    boxes_mesh,
+    footprint_boxes,
+    ground_mesh,
+    pixel_to_world,
+    receiver_pixels,
+    transmitter_sites,
+)
+from irt4.errors import InputError
+
+SIZE = 256  # tile size in px = m (RadioMapSeer)
+SIMULATION = "IRT4"  # the gain/ subfolder the maps go to
+METADATA = "irt4-synth.json"
+FORMAT_VERSION = 1
+PARTIAL = ".partial"  # per-map scratch folder under ROOT; renamed into place when the map is done
+HEIGHT_JITTER = (0.5, 1.5)  # --height-jitter: each box's height x U(0.5, 1.5)
+
+
+@dataclass(frozen=True)
+class SynthSettings:
+    """Everything that decides a map's content besides the seed and the map id."""
+
+    grid: int = 64
+    max_depth: int = 4
+    samples_per_src: int = 100_000
+    tx_per_map: int = 2
+    frequency: float = 5.9e9
+    building_height: float = 25.0
+    height_jitter: bool = False
+    tx_height: float = 1.5
+    rx_height: float = 1.5
+    min_wall_distance: float = 3.0
+    gain_db_range: tuple[float, float] = DataConfig().gain_db_range
+    rx_per_call: int = 256
+    paths_per_rx: int = 4_000
+
+
+@dataclass
+class City:
+    buildings: np.ndarray  # (256, 256) uint8, 1 = building
+    boxes: np.ndarray  # (B, 4) [row0, col0, row1, col1)
+    heights: np.ndarray  # (B,) m
+    transmitters: list[tuple[int, int]]  # (row, col) per transmitter
+    solver_seed: int
+
+
+def map_rng(seed: int, map_id: int) -> np.random.Generator:
+    """The generator of one map: a function of (seed, map id) only, so maps do not depend on which
+    other maps were generated, in which order, or by which worker."""
+    return np.random.default_rng(np.random.SeedSequence([seed, map_id]))
+
+
+def make_city(settings: SynthSettings, seed: int, map_id: int) -> City:
+    rng = map_rng(seed, map_id)
+    buildings = random_city(SIZE, rng).astype(np.uint8)
+    boxes = footprint_boxes(buildings)
+    scale = rng.uniform(*HEIGHT_JITTER, size=len(boxes)) if settings.height_jitter else np.ones(len(boxes))
+    transmitters = transmitter_sites(buildings, settings.tx_per_map, rng, settings.min_wall_distance)
+    solver_seed = int(rng.integers(2**31 - 1))
+    return City(buildings, boxes, settings.building_height * scale, transmitters, solver_seed)
+
+
+def gain_db_to_grey(gain_db: np.ndarray, gain_db_range: tuple[float, float]) -> np.ndarray:
+    """uint8 grey of radiomapseer.md: p = 255 (dB - LO) / (HI - LO), rounded; weaker than LO (and NaN,
+    -inf) -> 0, stronger than HI -> 255."""
+    lo, hi = gain_db_range
+    grey = np.round(255.0 * (np.asarray(gain_db, dtype=np.float64) - lo) / (hi - lo))
+    grey = np.nan_to_num(grey, nan=0.0, neginf=0.0, posinf=255.0)
+    return np.clip(grey, 0, 255).astype(np.uint8)
+
+
+def fill_indoor_cells(grid_db: np.ndarray) -> np.ndarray:
+    """NaN cells (no receiver: centre inside a building) take the mean of their filled 8-neighbours,
+    ring by ring, so interpolation next to a wall is not pulled towards an arbitrary value."""
+    filled = np.array(grid_db, dtype=np.float64)
+    if np.isnan(filled).all():
+        raise ValueError("no outdoor receiver cell to interpolate from")
+    while np.isnan(filled).any():
+        known = ~np.isnan(filled)
+        padded_val = np.pad(np.where(known, filled, 0.0), 1)
+        padded_known = np.pad(known, 1).astype(np.float64)
+        total = np.zeros_like(filled)
+        count = np.zeros_like(filled)
+        rows, cols = filled.shape
+        for dr in range(3):
+            for dc in range(3):
+                total += padded_val[dr : dr + rows, dc : dc + cols]
+                count += padded_known[dr : dr + rows, dc : dc + cols]
+        grow = ~known & (count > 0)
+        filled[grow] = total[grow] / count[grow]
+    return filled
+
+
+def upsample_db(grid_db: np.ndarray, rx_pixels: np.ndarray, size: int, floor_db: float) -> np.ndarray:
+    """(size, size) dB map from the (G, G) lattice whose receivers sit at pixels rx_pixels x rx_pixels:
+    bilinear in dB between receiver pixels, constant beyond the outermost ones. Values weaker than
+    floor_db (and -inf, no path) are raised to it first: the grey mapping truncates them all alike,
+    and a -inf cell must not darken its neighbours."""
+    grid = fill_indoor_cells(np.maximum(grid_db, floor_db))
+    pixels = np.arange(size)
+    along_cols = np.stack([np.interp(pixels, rx_pixels, row) for row in grid])  # (G, size)
+    return np.stack([np.interp(pixels, rx_pixels, col) for col in along_cols.T], axis=1)  # (size, size)
+
+
+def outputs(root: Path, map_id: int, tx_per_map: int) -> list[Path]:
+    """The files of a finished map, the gain PNGs last (they are renamed into place last)."""
+    files = [root / "png" / "buildings_complete" / f"{map_id}.png", root / "antenna" / f"{map_id}.json"]
+    for k in range(tx_per_map):
+        files += [
+            root / "png" / "antennas" / f"{map_id}_{k}.png",
+            root / "gain_db" / SIMULATION / f"{map_id}_{k}.npy",
+        ]
+    files += [root / "gain" / SIMULATION / f"{map_id}_{k}.png" for k in range(tx_per_map)]
+    return files
+
+
+def is_finished(root: Path, map_id: int, tx_per_map: int) -> bool:
+    """True when every final file of the map exists; scratch files under ROOT/.partial do not count."""
+    return all(path.is_file() for path in outputs(root, map_id, tx_per_map))
+
+
+def _save_png(path: Path, image: np.ndarray) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), mode="L").save(path)
+
+
+def write_map(root: Path, map_id: int, city: City, gain_grey: np.ndarray, gain_db: np.ndarray) -> None:
+    """Write every file of a map into ROOT/.partial/{m}/, then rename each into place (gain PNGs last):
+    an interrupted map never has all its files, so it is not taken as finished."""
+    scratch = root / PARTIAL / str(map_id)
+    shutil.rmtree(scratch, ignore_errors=True)
+    final = outputs(root, map_id, len(city.transmitters))
+    staged = [scratch / path.relative_to(root) for path in final]
+    by_name = dict(zip(final, staged))
+    _save_png(by_name[final[0]], 255 * city.buildings)
+    by_name[final[1]].parent.mkdir(parents=True, exist_ok=True)
+    by_name[final[1]].write_text(json.dumps([[col, row] for row, col in city.transmitters]) + "\n")
+    for k, (row, col) in enumerate(city.transmitters):
+        _save_png(
+            scratch / "png" / "antennas" / f"{map_id}_{k}.png",
+            255 * transmitter_image((SIZE, SIZE), row, col),
+        )
+        npy = scratch / "gain_db" / SIMULATION / f"{map_id}_{k}.npy"
+        npy.parent.mkdir(parents=True, exist_ok=True)
+        np.save(npy, gain_db[k].astype(np.float16))
+        _save_png(scratch / "gain" / SIMULATION / f"{map_id}_{k}.png", gain_grey[k])
+    for path, staged_path in by_name.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staged_path, path)
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+def trace_map(
+    city: City, settings: SynthSettings, threads: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(K, 256, 256) uint8 grey gain maps and (K, G, G) raw dB (NaN where the cell is a building)."""
+    from irt4.data.raytrace import RayTracer, TraceSettings
+
+    rx_pixels = receiver_pixels(SIZE, settings.grid)
+    rows, cols = np.meshgrid(rx_pixels, rx_pixels, indexing="ij")  # (G, G)
+    outdoor = city.buildings[rows, cols] == 0
+    tx_rows, tx_cols = np.array(city.transmitters).T
+    trace = TraceSettings(
+        frequency=settings.frequency,
+        max_depth=settings.max_depth,
+        samples_per_src=settings.samples_per_src,
+        paths_per_rx=settings.paths_per_rx,
+        seed=city.solver_seed,
+    )
+    tracer = RayTracer(
+        boxes_mesh(city.boxes, city.heights),
+        ground_mesh(SIZE),
+        pixel_to_world(tx_rows, tx_cols, settings.tx_height),
+        rx_per_call=min(settings.rx_per_call, int(outdoor.sum())),
+        settings=trace,
+        threads=threads,
+    )
+    rx_db = tracer.path_gain_db(pixel_to_world(rows[outdoor], cols[outdoor], settings.rx_height))  # (K, N)
+    gain_db = np.full((len(city.transmitters), settings.grid, settings.grid), np.nan)
+    gain_db[:, outdoor] = rx_db
+    grey = np.stack(
+        [
+            gain_db_to_grey(
+                upsample_db(db, rx_pixels, SIZE, settings.gain_db_range[0]), settings.gain_db_range
+            )
+            for db in gain_db
+        ]
+    )
+    grey[:, city.buildings > 0] = 0
+    return grey, gain_db
+
+
+def generate_map(
+    root: Path, map_id: int, settings: SynthSettings, seed: int, threads: int | None = None
+) -> tuple[float, float]:
+    """Trace and write one map; returns its (wall, CPU) seconds (CPU: all threads of this process)."""
+    start, start_cpu = time.perf_counter(), time.process_time()
+    city = make_city(settings, seed, map_id)
+    grey, gain_db = trace_map(city, settings, threads)
+    write_map(root, map_id, city, grey, gain_db)
+    return time.perf_counter() - start, time.process_time() - start_cpu
+
+
+def _worker_init() -> None:
+    from irt4.data.raytrace import pin_libllvm
+
+    pin_libllvm()  # before the worker's first drjit import
+
+
+def check_metadata(root: Path, settings: SynthSettings, seed: int) -> None:
+    """Write ROOT/irt4-synth.json, or check that an existing root was made with the same settings: one
+    root never mixes maps of different settings."""
+    from irt4 import __version__
+    from irt4.data.raytrace import find_libllvm, sionna_versions
+
+    path = root / METADATA
+    wanted = {"seed": seed, "settings": json.loads(json.dumps(asdict(settings)))}
+    if path.is_file():
+        try:
+            have = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise InputError(f"{path}: unreadable ({error}); remove it or use another --out") from error
+        for key in ("seed", "settings"):
+            if have.get(key) != wanted[key]:
+                raise InputError(
+                    f"{root} was generated with {key} {have.get(key)}, not {wanted[key]}: resume with "
+                    "the same settings or use another --out"
+                )
+        return
+    metadata = {
+        "generator": "irt4.data.synth",
+        "irt4_version": __version__,
+        "format_version": FORMAT_VERSION,
+        **wanted,
+        "simulation": SIMULATION,
+        "solver": "sionna.rt.PathSolver(deterministic=True): los, specular reflection, diffraction (first "
+        "order, lit region), no refraction, no diffuse reflection; power summed incoherently over paths",
+        "materials": {"walls": "ITU concrete, 0.2 m", "ground": "ITU medium_dry_ground"},
+        "conventions": "pixel (row, col) centre = world (x, y) = (col + 0.5, row + 0.5) m; grey p -> dB = "
+        "LO + (HI - LO) p / 255 with (LO, HI) = gain_db_range; 0 = LO or weaker, and buildings",
+        "versions": sionna_versions(),
+        "libllvm": os.environ.get("DRJIT_LIBLLVM_PATH") or find_libllvm(),
+    }
+    root.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_suffix(".json.tmp")
+    scratch.write_text(json.dumps(metadata, indent=2) + "\n")
+    os.replace(scratch, path)
+
+
+def generate(
+    root: Path,
+    map_ids: list[int],
+    settings: SynthSettings,
+    seed: int,
+    workers: int = 1,
+    progress: bool = True,
+) -> dict:
+    """Generate the maps of map_ids not finished yet under root; returns counts and timings."""
+    from tqdm import tqdm
+
+    from irt4.data.raytrace import require_backend
+
+    require_backend()
+    check_metadata(root, settings, seed)
+    todo = [m for m in map_ids if not is_finished(root, m, settings.tx_per_map)]
+    seconds: list[tuple[float, float]] = []  # (wall, CPU) per map
+    start = time.perf_counter()
+    bar = tqdm(total=len(todo), unit="map", disable=not progress, desc="ray tracing")
+    if workers == 1:
+        for map_id in todo:
+            seconds.append(generate_map(root, map_id, settings, seed))
+            bar.update()
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        # spawn: each worker starts clean, pins libLLVM and owns its Dr.Jit state; cores are shared out
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        context = mp.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
+            futures = [pool.submit(generate_map, root, m, settings, seed, threads) for m in todo]
+            for future in as_completed(futures):
+                seconds.append(future.result())
+                bar.update()
+    bar.close()
+    return {
+        "generated": len(todo),
+        "skipped": len(map_ids) - len(todo),
+        "wall_s": time.perf_counter() - start,
+        "map_s": seconds,
+    }
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(float(text)) if kind is int else kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if kind is int and float(text) != value:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+        return value
+
+    return parse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `irt4-data synth`."""
+    d = SynthSettings()
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("--out", type=Path, required=True, metavar="ROOT", help="the root to write (created)")
+    parser.add_argument("--maps", type=_positive(int), required=True, metavar="N", help="number of maps")
+    parser.add_argument(
+        "--start-id",
+        type=int,
+        default=0,
+        metavar="M",
+        help="first map id; maps M .. M+N-1 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="data set seed; map m uses (seed, m) (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--grid",
+        type=_positive(int),
+        default=d.grid,
+        help="receivers per side of the lattice over the 256 m tile; the map is interpolated in dB to "
+        "256 x 256 (64: ~4 m spacing; cost grows with GRID^2; default: %(default)s)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_positive(int),
+        default=1,
+        help="maps traced in parallel processes, sharing the cores (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-depth",
+        type=_positive(int),
+        default=d.max_depth,
+        help="most interactions (reflections, plus one diffraction) per path (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--samples-per-src",
+        type=_positive(int),
+        default=d.samples_per_src,
+        help="rays shot per transmitter to find path candidates; 1e6 changes coverage little and costs "
+        "~10x (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--tx-per-map",
+        type=_positive(int),
+        default=d.tx_per_map,
+        help="transmitters per map, on street pixels in [53, 202]^2 at least 3 m from walls "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--frequency", type=_positive(float), default=d.frequency, help="carrier in Hz (default: %(default)g)"
+    )
+    parser.add_argument(
+        "--building-height",
+        type=_positive(float),
+        default=d.building_height,
+        help="building height in m (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--height-jitter",
+        action="store_true",
+        help=f"scale each building box's height by U{HEIGHT_JITTER} (RadioMapSeer uses one height)",
+    )
+    parser.add_argument(
+        "--gain-db-range",
+        type=float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        default=d.gain_db_range,
+        help="dB of grey 0 and grey 255; weaker than LO -> 0 (default: %(default)s, radiomapseer.md)",
+    )
+    parser.add_argument(
+        "--rx-per-call",
+        type=_positive(int),
+        default=d.rx_per_call,
+        help="receivers per solver call; memory grows with it: ~15 GB at 512 with 2 transmitters "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--paths-per-rx",
+        type=_positive(int),
+        default=d.paths_per_rx,
+        help="path buffer slots per receiver; the buffer overflows silently when too small "
+        "(default: %(default)s)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def settings_from_args(args: argparse.Namespace) -> SynthSettings:
+    lo, hi = args.gain_db_range
+    if not lo < hi:
+        raise InputError(f"--gain-db-range: LO {lo:g} must be below HI {hi:g}")
+    if args.grid > SIZE:
+        raise InputError(f"--grid {args.grid}: at most {SIZE} (one receiver per pixel)")
+    if args.start_id < 0:
+        raise InputError(f"--start-id {args.start_id}: must be >= 0")
+    if args.building_height <= SynthSettings.tx_height:
+        raise InputError(f"--building-height {args.building_height:g}: must exceed the 1.5 m antennas")
+    if args.tx_per_map > 80:
+        raise InputError(f"--tx-per-map {args.tx_per_map}: at most 80 (RadioMapSeer's count)")
+    return SynthSettings(
+        grid=args.grid,
+        max_depth=args.max_depth,
+        samples_per_src=args.samples_per_src,
+        tx_per_map=args.tx_per_map,
+        frequency=args.frequency,
+        building_height=args.building_height,
+        height_jitter=args.height_jitter,
+        gain_db_range=(lo, hi),
+        rx_per_call=args.rx_per_call,
+        paths_per_rx=args.paths_per_rx,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """`irt4-data synth`: generate, then print seconds per map."""
+    settings = settings_from_args(args)
+    map_ids = list(range(args.start_id, args.start_id + args.maps))
+    report = generate(
+        args.out, map_ids, settings, args.seed, workers=args.workers, progress=not args.no_progress
+    )
+    done = report["generated"]
+    line = f"{args.out}: {done} maps generated, {report['skipped']} already there"
+    if done:
+        wall, cpu = np.mean(report["map_s"], axis=0)
+        line += (
+            f"; {wall:.1f} s per map ({cpu:.1f} CPU-s; {report['wall_s'] / done:.1f} s per map of total wall "
+            f"time; grid {settings.grid}, workers {args.workers}, {os.cpu_count()} cores)"
+        )
+    print(line)
+    return 0

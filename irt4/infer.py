@@ -1,0 +1,350 @@
+"""Batch radio-map construction: (map, transmitter) pairs in, radio maps and metrics out.
+
+Pairs come from a RadioMapSeer-layout root and split (`DatasetPairs`) or from a folder of building
+maps plus a transmitter list (`FolderPairs`). Each pair's sampler noise is drawn from a generator
+seeded by (seed, map, transmitter), so an output does not depend on the batch it was in, on the
+shard that made it or on a resumed run (up to the float rounding of batched kernels): the same
+seed and batching give identical maps. Outputs that already
+exist are not sampled again (resumable); metrics are computed from the written 8-bit PNGs, so a
+resumed run scores exactly what a user gets.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from irt4.data.city import transmitter_image
+from irt4.data.condition import condition_tensor
+from irt4.data.pngio import MAP_SIZE, read_grey
+from irt4.data.radiomapseer import RadioMapSeer
+from irt4.diffusion.sampler import SamplerNoise, draw_sampler_noise, sample_latents
+from irt4.errors import InputError
+from irt4.metrics import aggregate, radio_map_metrics
+from irt4.models.layers import fold_weight_standardization
+from irt4.models.radiodiff import RadioDiff
+
+log = logging.getLogger("irt4")
+
+PREVIEW_PAIRS = 8
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Pair:
+    map_id: int
+    tx_index: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.map_id}_{self.tx_index}"
+
+
+@dataclass
+class PairInput:
+    cond: torch.Tensor  # (3, S, S) in [-1, 1]
+    buildings: torch.Tensor  # (256, 256) in {0, 1}
+    gain: torch.Tensor | None  # (256, 256) ground truth in [0, 1], when known
+
+
+class DatasetPairs:
+    """The samples of a RadioMapSeer-layout root (validated by the dataset on construction)."""
+
+    def __init__(self, dataset: RadioMapSeer):
+        self.dataset = dataset
+        self.pairs = [Pair(m, k) for m, k in dataset.samples]
+        self.skipped = dataset.skipped
+
+    def load(self, index: int) -> PairInput:
+        item = self.dataset[index]
+        buildings = (item["cond"][0] + 1) / 2
+        if buildings.shape[-1] != MAP_SIZE:
+            map_id = self.pairs[index].map_id
+            buildings = torch.from_numpy(read_grey(self.dataset.buildings_dir / f"{map_id}.png") / 255.0)
+        return PairInput(item["cond"], (buildings > 0.5).float(), item["gain"][0])
+
+
+def _read_tx_list(path: Path) -> list[tuple[int, int, int, int]]:
+    """(map_id, tx_index, row, col) rows of a CSV (header map_id,tx_index,row,col) or JSON list."""
+    if not path.is_file():
+        raise InputError(f"transmitter list {path} does not exist")
+    fields = ("map_id", "tx_index", "row", "col")
+    try:
+        if path.suffix == ".json":
+            rows = json.loads(path.read_text())
+        else:
+            with open(path, newline="") as f:
+                reader = csv.DictReader(f)
+                if reader.fieldnames is None or [n.strip() for n in reader.fieldnames] != list(fields):
+                    raise InputError(f"{path}: header must be {','.join(fields)}, got {reader.fieldnames}")
+                rows = list(reader)
+        return [tuple(int(row[name]) for name in fields) for row in rows]
+    except InputError:
+        raise
+    except (ValueError, KeyError, TypeError) as err:
+        raise InputError(f"{path}: every row needs integer {', '.join(fields)} ({err})") from None
+
+
+class FolderPairs:
+    """Building maps `DIR/{map_id}.png` (256 x 256 grey, 255 = building) and a transmitter list."""
+
+    def __init__(self, maps_dir: Path, tx_file: Path, image_size: int, skip_bad: bool = False):
+        if not maps_dir.is_dir():
+            raise InputError(f"building map folder {maps_dir} does not exist")
+        self.maps_dir, self.image_size = maps_dir, image_size
+        self.pairs: list[Pair] = []
+        self.positions: dict[tuple[int, int], tuple[int, int]] = {}
+        self.skipped = 0
+        buildings_cache: dict[int, np.ndarray] = {}
+        for map_id, tx_index, row, col in _read_tx_list(tx_file):
+            try:
+                if map_id not in buildings_cache:
+                    buildings_cache[map_id] = self._read_buildings(map_id)
+                self._check_transmitter(buildings_cache[map_id], map_id, tx_index, row, col)
+            except InputError as err:
+                if not skip_bad:
+                    raise
+                log.warning("skipping pair %d_%d: %s", map_id, tx_index, err)
+                self.skipped += 1
+                continue
+            self.pairs.append(Pair(map_id, tx_index))
+            self.positions[(map_id, tx_index)] = (row, col)
+        if not self.pairs and not self.skipped:
+            raise InputError(f"{tx_file}: no transmitters listed")
+
+    def _read_buildings(self, map_id: int) -> np.ndarray:
+        path = self.maps_dir / f"{map_id}.png"
+        pixels = read_grey(path)
+        if pixels.shape != (MAP_SIZE, MAP_SIZE):
+            raise InputError(
+                f"{path}: is {pixels.shape[1]}x{pixels.shape[0]}, expected {MAP_SIZE}x{MAP_SIZE}"
+            )
+        return (pixels > 127).astype(np.float32)
+
+    @staticmethod
+    def _check_transmitter(buildings: np.ndarray, map_id: int, tx_index: int, row: int, col: int) -> None:
+        if not (0 <= row < MAP_SIZE and 0 <= col < MAP_SIZE):
+            raise InputError(f"transmitter {map_id}_{tx_index} at (row {row}, col {col}) is outside the map")
+        if buildings[row, col] > 0:
+            raise InputError(f"transmitter {map_id}_{tx_index} at (row {row}, col {col}) is on a building")
+
+    def load(self, index: int) -> PairInput:
+        pair = self.pairs[index]
+        buildings = self._read_buildings(pair.map_id)
+        row, col = self.positions[(pair.map_id, pair.tx_index)]
+        cond = condition_tensor(buildings, transmitter_image(buildings.shape, row, col), self.image_size)
+        return PairInput(cond, torch.from_numpy(buildings), None)
+
+
+@dataclass
+class InferenceOptions:
+    out: Path
+    batch_size: int = 8
+    steps: int = 50
+    seed: int = 0
+    precision: str = "fp32"
+    device: str = "cpu"
+    backend: str = "torch"
+    shard: tuple[int, int] = (0, 1)
+    save_db: bool = False
+    overwrite: bool = False
+    mask_buildings: bool = False
+    progress: bool = True
+
+
+@dataclass
+class InferenceResult:
+    written: int = 0
+    reused: int = 0
+    seconds: float = 0.0
+    per_pair_metrics: list[dict] = field(default_factory=list)
+    summary: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    @property
+    def maps_per_s(self) -> float:
+        return self.written / self.seconds if self.seconds > 0 else float("nan")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'i/n' -> (i, n) with 0 <= i < n."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise InputError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from None
+    if not 0 <= index < count:
+        raise InputError(f"--shard {text}: need 0 <= i < n")
+    return index, count
+
+
+def shard_indices(count: int, shard: tuple[int, int]) -> list[int]:
+    index, shards = shard
+    return list(range(index, count, shards))
+
+
+def pair_noise(model: RadioDiff, pairs: list[Pair], steps: int, seed: int) -> SamplerNoise:
+    """The sampler noise of each pair from its own generator, stacked into a batch."""
+    draws = []
+    for pair in pairs:
+        pair_seed = int(np.random.SeedSequence([seed, pair.map_id, pair.tx_index]).generate_state(1)[0])
+        generator = torch.Generator().manual_seed(pair_seed)
+        draws.append(
+            draw_sampler_noise((1, *model.latent_shape), steps, model.cfg.diffusion.denoise, generator)
+        )
+    return SamplerNoise(torch.cat([d.initial for d in draws]), torch.cat([d.steps for d in draws], dim=1))
+
+
+def _batches(items: list[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class Sampler:
+    """The PyTorch backends: eager or torch.compile, at a given precision, on a device."""
+
+    def __init__(self, model: RadioDiff, options: InferenceOptions):
+        if options.precision not in PRECISIONS:
+            raise InputError(f"--precision must be one of {list(PRECISIONS)}, got {options.precision!r}")
+        if options.backend not in ("torch", "torch-compile"):
+            raise InputError(f"--backend must be torch or torch-compile, got {options.backend!r}")
+        self.model, self.options = model, options
+        self.unet = model.unet
+        self.dtype = PRECISIONS[options.precision]
+        fold_weight_standardization(self.unet, self.dtype)  # once, not at every one of the N + 1 calls
+        if options.backend == "torch-compile":
+            self.unet.denoise = torch.compile(self.unet.denoise)
+
+    @torch.no_grad()
+    def __call__(self, cond: torch.Tensor, noise: SamplerNoise) -> torch.Tensor:
+        device = torch.device(self.options.device)
+        autocast = self.dtype != torch.float32
+        with torch.autocast(device.type, dtype=self.dtype, enabled=autocast):
+            latents = sample_latents(
+                self.unet,
+                cond.to(device),
+                self.model.latent_shape,
+                steps=self.options.steps,
+                eps=self.model.cfg.diffusion.eps,
+                denoise=self.model.cfg.diffusion.denoise,
+                noise=noise,
+            )
+            maps = self.model.decode_latents(latents.float())
+        # back to the disk grid in the [0, 1] grey domain (contracts.md: "Metrics details")
+        if maps.shape[-1] != MAP_SIZE:
+            maps = F.interpolate(maps.float(), size=(MAP_SIZE, MAP_SIZE), mode="bilinear", antialias=True)
+        return maps[:, 0].float().clamp(0, 1).cpu()
+
+
+def _write_png(path: Path, values: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp.png")
+    Image.fromarray(values, mode="L").save(tmp)
+    tmp.replace(path)  # a crash never leaves a half-written PNG under the final name
+
+
+def run_inference(model: RadioDiff, source, options: InferenceOptions) -> InferenceResult:
+    """Sample every pair of this shard that has no output yet, write PNGs (and dB arrays), score."""
+    from tqdm import tqdm
+
+    options.out.mkdir(parents=True, exist_ok=True)
+    sampler = Sampler(model, options)
+    db_low, db_high = model.cfg.data.gain_db_range
+    indices = shard_indices(len(source.pairs), options.shard)
+    todo = [
+        i for i in indices if options.overwrite or not (options.out / f"{source.pairs[i].name}.png").exists()
+    ]
+    result = InferenceResult(reused=len(indices) - len(todo))
+    bar = tqdm(total=len(todo), unit="map", disable=not options.progress, desc="sampling")
+    for batch in _batches(todo, options.batch_size):
+        inputs = [source.load(i) for i in batch]
+        pairs = [source.pairs[i] for i in batch]
+        start = time.perf_counter()
+        maps = sampler(
+            torch.stack([x.cond for x in inputs]), pair_noise(model, pairs, options.steps, options.seed)
+        )
+        result.seconds += time.perf_counter() - start
+        for pair, radio in zip(pairs, maps):
+            _write_png(options.out / f"{pair.name}.png", np.round(radio.numpy() * 255).astype(np.uint8))
+            if options.save_db:
+                np.save(
+                    options.out / f"{pair.name}.npy",
+                    (db_low + (db_high - db_low) * radio.numpy()).astype(np.float32),
+                )
+        result.written += len(batch)
+        bar.update(len(batch))
+        bar.set_postfix(maps_per_s=f"{result.maps_per_s:.2f}")
+    bar.close()
+    _write_preview(source, indices[:PREVIEW_PAIRS], options.out)
+    _score(source, indices, options, model.cfg.data.gain_db_range, result)
+    return result
+
+
+def _write_preview(source, indices: list[int], out: Path) -> None:
+    """preview.png: condition, prediction, ground truth and error of the first pairs, coloured."""
+    from irt4.train.logs import save_sample_grid
+
+    if not indices:
+        return
+    inputs = [source.load(i) for i in indices]
+    predicted = torch.stack(
+        [
+            torch.from_numpy(read_grey(out / f"{source.pairs[i].name}.png") / 255.0).float()[None]
+            for i in indices
+        ]
+    )
+    target = None if any(x.gain is None for x in inputs) else torch.stack([x.gain[None] for x in inputs])
+    save_sample_grid(out / "preview.png", predicted, target, torch.stack([x.cond for x in inputs]))
+
+
+def _score(source, indices: list[int], options: InferenceOptions, db_range, result: InferenceResult) -> None:
+    """Metrics of every pair of this shard that has ground truth, from the PNGs on disk."""
+    for i in indices:
+        pair = source.pairs[i]
+        item = source.load(i)
+        if item.gain is None:
+            continue
+        predicted = torch.from_numpy(read_grey(options.out / f"{pair.name}.png").astype(np.float64) / 255)
+        outdoor = (1 - item.buildings)[None] if options.mask_buildings else None
+        values = radio_map_metrics(predicted[None], item.gain.double()[None], db_range, outdoor)
+        result.per_pair_metrics.append(
+            {"map_id": pair.map_id, "tx_index": pair.tx_index, **{k: v.item() for k, v in values.items()}}
+        )
+    if result.per_pair_metrics:
+        names = [k for k in result.per_pair_metrics[0] if k not in ("map_id", "tx_index")]
+        result.summary = aggregate(
+            {n: torch.tensor([row[n] for row in result.per_pair_metrics]) for n in names}
+        )
+
+
+def write_metrics(result: InferenceResult, options: InferenceOptions, protocol: dict) -> list[Path]:
+    """metrics[-shard].csv (one row per pair) and .json (protocol, summary, pairs)."""
+    if not result.per_pair_metrics:
+        return []
+    suffix = "" if options.shard[1] == 1 else f"-shard{options.shard[0]}of{options.shard[1]}"
+    csv_path = options.out / f"metrics{suffix}.csv"
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(result.per_pair_metrics[0]))
+        writer.writeheader()
+        writer.writerows(result.per_pair_metrics)
+    json_path = options.out / f"metrics{suffix}.json"
+    summary = {name: {"mean": mean, "std": std} for name, (mean, std) in result.summary.items()}
+    json_path.write_text(
+        json.dumps(
+            {
+                "protocol": protocol,
+                "count": len(result.per_pair_metrics),
+                "summary": summary,
+                "pairs": result.per_pair_metrics,
+            },
+            indent=1,
+        )
+    )
+    return [csv_path, json_path]

@@ -1,0 +1,121 @@
+"""Model bundles: both stages' weights, the latent scale, the resolved config and the irt4 version.
+
+A bundle is one safetensors file (contracts.md: "Model and checkpoints"): tensors `vae.*`, `unet.*`
+and `scale_factor`; metadata `format`, `irt4_version`, `config` (the resolved config as YAML) and
+`weights` ("ema" or "raw"). Weights may be stored in fp16 to keep shipped files small; they are
+loaded back in fp32. Training checkpoints (irt4.train) hold the same `model` state dict, so
+`load_model` takes either kind of file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import yaml
+
+from irt4 import __version__
+from irt4.config import Config, config_from_dict, config_to_dict
+from irt4.errors import InputError
+from irt4.models.radiodiff import RadioDiff
+
+BUNDLE_FORMAT = "irt4-radiodiff-bundle-1"
+
+
+def save_bundle(
+    path: str | Path, model: RadioDiff, weights: str = "ema", dtype: torch.dtype = torch.float32
+) -> None:
+    """Write `model` (whose weights are already the EMA ones if `weights` says so) as a bundle."""
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for name, value in model.state_dict().items():
+        value = value.detach().cpu()
+        # halve float weights for shipping, but keep the scale and integer buffers exact
+        if value.is_floating_point() and name != "scale_factor":
+            value = value.to(dtype)
+        tensors[name] = value.contiguous()
+    metadata = {
+        "format": BUNDLE_FORMAT,
+        "irt4_version": __version__,
+        "config": yaml.safe_dump(config_to_dict(model.cfg), sort_keys=False),
+        "weights": weights,
+    }
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    tmp.replace(path)
+
+
+def _config_from_yaml(text: str, path: Path) -> Config:
+    try:
+        return config_from_dict(yaml.safe_load(text))
+    except Exception as err:  # a config from an incompatible irt4 version
+        raise InputError(f"{path}: its stored config does not load in irt4 {__version__}: {err}") from err
+
+
+def _read_bundle(path: Path) -> tuple[Config, dict[str, torch.Tensor], dict]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise InputError(f"{path}: not a readable safetensors file ({err})") from err
+    if metadata.get("format") != BUNDLE_FORMAT:
+        raise InputError(f"{path}: not an irt4 model bundle (format {metadata.get('format')!r})")
+    return _config_from_yaml(metadata["config"], path), tensors, metadata
+
+
+def _read_checkpoint(path: Path, use_ema: bool) -> tuple[Config, dict[str, torch.Tensor], dict]:
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise InputError(f"{path}: not a readable irt4 checkpoint ({err})") from err
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint or "config" not in checkpoint:
+        raise InputError(f"{path}: not an irt4 checkpoint (no model weights and config in it)")
+    if checkpoint.get("stage") == "vae":
+        raise InputError(f"{path}: a VAE-stage checkpoint; sampling needs a diffusion (ldm) checkpoint")
+    config = checkpoint["config"]
+    cfg = _config_from_yaml(config if isinstance(config, str) else yaml.safe_dump(config), path)
+    state = dict(checkpoint["model"])
+    ema_unet = checkpoint.get("ema")
+    weights = "raw"
+    if use_ema and ema_unet:
+        state.update({f"unet.{name}": value for name, value in ema_unet.items()})
+        weights = "ema"
+    return cfg, state, {"weights": weights, "irt4_version": checkpoint.get("irt4_version", "?")}
+
+
+def load_model(
+    path: str | Path, device: str | torch.device = "cpu", use_ema: bool = True
+) -> tuple[RadioDiff, dict]:
+    """A bundle (.safetensors) or a training checkpoint (.pt) -> (model in eval mode, info)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        cfg, state, info = _read_bundle(path)
+    else:
+        cfg, state, info = _read_checkpoint(path, use_ema)
+    model = RadioDiff(cfg)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise InputError(
+            f"{path}: weights do not fit its config ({len(missing)} missing, e.g. {missing[:2]}; "
+            f"{len(unexpected)} unexpected, e.g. {unexpected[:2]})"
+        )
+    for name, value in state.items():
+        if value.shape != expected[name].shape:
+            raise InputError(
+                f"{path}: {name} is {tuple(value.shape)}, the config needs {tuple(expected[name].shape)}"
+            )
+    model.load_state_dict({name: value.to(expected[name].dtype) for name, value in state.items()})
+    return model.to(device).eval(), {
+        "weights": info.get("weights", "raw"),
+        "irt4_version": info.get("irt4_version"),
+    }

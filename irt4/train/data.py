@@ -1,0 +1,90 @@
+"""A deterministic, resumable order of training samples, and the DataLoader that feeds it.
+
+The order is one endless stream: epoch e is a permutation of the n samples drawn from a generator
+seeded with (seed, e), and the epochs follow each other without a gap. A global batch is the next
+world_size x batch_size items of the stream; rank r takes items r, r + world_size, ... of it, so the
+union of the ranks' batches is the single-process batch of the same global size. The whole state
+is the number of stream items consumed (`consumed`), saved in checkpoints; epoch and position follow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=generator)
+
+
+class StreamSampler(Sampler[int]):
+    """Endless sample indices of one rank, starting `consumed` items into the global stream."""
+
+    def __init__(self, n: int, seed: int, consumed: int = 0, rank: int = 0, world_size: int = 1):
+        assert n > 0 and 0 <= rank < world_size
+        self.n, self.seed, self.consumed = n, seed, consumed
+        self.rank, self.world_size = rank, world_size
+
+    def __iter__(self) -> Iterator[int]:
+        item = self.consumed + self.rank
+        epoch, permutation = -1, None
+        while True:
+            if item // self.n != epoch:
+                epoch = item // self.n
+                permutation = epoch_permutation(self.n, self.seed, epoch)
+            yield int(permutation[item % self.n])
+            item += self.world_size
+
+
+def data_state(consumed: int, n: int, seed: int) -> dict[str, int]:
+    """What a checkpoint stores of the data order."""
+    return {
+        "consumed": consumed,
+        "epoch": consumed // n,
+        "position": consumed % n,
+        "samples": n,
+        "seed": seed,
+    }
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    seed: int,
+    consumed: int,
+    rank: int,
+    world_size: int,
+    num_workers: int,
+    pin_memory: bool,
+) -> DataLoader:
+    """Endless batches of `batch_size` items (one rank's share of a global batch)."""
+    sampler = StreamSampler(len(dataset), seed, consumed, rank, world_size)
+    workers = {"prefetch_factor": 4, "persistent_workers": True} if num_workers > 0 else {}
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        drop_last=False,
+        # its own generator: a loader's base seed must not come from (and shift) the global RNG,
+        # or a resumed run would draw different dropout masks than an uninterrupted one
+        generator=torch.Generator().manual_seed(seed),
+        **workers,
+    )
+
+
+class Indexed(Dataset):
+    """Items of `dataset` with their index added (for per-sample caches such as latents)."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        return {**self.dataset[index], "index": index}

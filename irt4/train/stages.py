@@ -1,0 +1,202 @@
+"""The two training stages: the VAE (first stage) and the latent diffusion UNet (second stage).
+
+Each says what is trained, its loss, what its checkpoints hold and what its sample grid shows; the
+loop itself is irt4.train.trainer. Checkpoint `model` weights use RadioDiff's names: `vae.*` for the
+VAE stage, the whole model (`vae.*`, `unet.*`, `scale_factor`) for the LDM stage (contracts.md); `ema`
+holds the averaged trained network under its own names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from irt4.config import Config, config_from_dict
+from irt4.data.radiomapseer import RadioMapSeer
+from irt4.diffusion.ddm import training_loss
+from irt4.errors import InputError
+from irt4.models.radiodiff import RadioDiff
+from irt4.models.vae import AutoencoderKL, vae_loss
+from irt4.train.checkpoint import read_checkpoint
+from irt4.train.data import Indexed
+
+log = logging.getLogger(__name__)
+
+
+def datasets(cfg: Config, root: Path) -> tuple[Dataset, Dataset]:
+    """(train split, maps for the sample grids: the val split, or the train split where it is empty)."""
+    common = dict(
+        split_scheme=cfg.data.split,
+        simulation=cfg.data.simulation,
+        image_size=cfg.image_size,
+        target_divisor=cfg.data.target_divisor,
+    )
+    train_set = RadioMapSeer(root, split="train", **common)
+    try:
+        sample_set = RadioMapSeer(root, split="val", **common)
+    except InputError as error:
+        log.info("sample grids use training maps: %s", error)
+        sample_set = train_set
+    return Indexed(train_set), sample_set
+
+
+def _maps(image: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> [0, 1]."""
+    return ((image.float() + 1) / 2).clamp(0.0, 1.0)
+
+
+class VAEStage:
+    """Trains the KL autoencoder with the reference's pixel + KL loss (no LPIPS, no discriminator)."""
+
+    name = "vae"
+
+    def __init__(self, cfg: Config, train_set: Dataset, sample_set: Dataset):
+        self.cfg = cfg
+        self.trainer_cfg = cfg.vae_trainer
+        self.vae = AutoencoderKL(**dataclasses.asdict(cfg.vae))
+        self.module = self.vae
+        self.train_set, self.sample_set = train_set, sample_set
+
+    def to(self, device: torch.device, memory_format: torch.memory_format) -> None:
+        self.vae.to(device, memory_format=memory_format)
+
+    def first_batch(self, batch: dict, generator: torch.Generator) -> dict[str, float]:
+        return {}
+
+    def loss(self, module: nn.Module, batch: dict, generator: torch.Generator):
+        recon, posterior = module(batch["image"], generator=generator)
+        return vae_loss(batch["image"], recon, posterior, self.cfg.vae_loss.kl_weight)
+
+    def predict(self, ema_module: nn.Module, batch: dict, steps: int, generator: torch.Generator):
+        recon, _ = ema_module(batch["image"], sample_posterior=False)
+        return _maps(recon)
+
+    def model_state(self) -> dict[str, torch.Tensor]:
+        return {f"vae.{name}": value for name, value in self.vae.state_dict().items()}
+
+    def load_model_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.vae.load_state_dict({name.removeprefix("vae."): value for name, value in state.items()})
+
+    def scale_factor(self) -> float | None:
+        return None
+
+
+def read_vae_weights(path: Path, cfg: Config) -> dict[str, torch.Tensor]:
+    """The EMA weights of a VAE-stage checkpoint whose VAE config is this run's; InputError otherwise."""
+    if not path.is_file():
+        raise InputError(f"--vae {path}: no such file")
+    try:
+        checkpoint = read_checkpoint(path)
+    except Exception as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"--vae {path}: not an irt4-train checkpoint ({first_line})") from None
+    if checkpoint.get("stage") != "vae":
+        raise InputError(
+            f"--vae {path}: a {checkpoint.get('stage')}-stage checkpoint; it needs one of `irt4-train vae`"
+        )
+    try:
+        vae_cfg = config_from_dict(checkpoint["config"]).vae
+    except Exception as error:
+        raise InputError(f"--vae {path}: its stored config does not load ({error})") from None
+    for field in dataclasses.fields(vae_cfg):
+        theirs, ours = getattr(vae_cfg, field.name), getattr(cfg.vae, field.name)
+        if theirs != ours:
+            raise InputError(
+                f"--vae {path}: vae.{field.name} is {theirs} there and {ours} in this run's config"
+            )
+    return checkpoint["ema"]
+
+
+class LDMStage:
+    """Trains the conditional UNet on latents of the frozen VAE.
+
+    scale_by_std: on the first batch of a fresh run, scale_factor = 1 / std(z) (rank 0's, broadcast).
+    With `cache_latents`, the VAE posterior (mean, std) of every training sample is computed once and
+    each step samples z from it, instead of running the VAE encoder on every batch.
+    """
+
+    name = "ldm"
+
+    def __init__(
+        self,
+        cfg: Config,
+        train_set: Dataset,
+        sample_set: Dataset,
+        vae_weights: dict[str, torch.Tensor] | None,
+        cache_latents: bool = False,
+    ):
+        self.cfg = cfg
+        self.trainer_cfg = cfg.trainer
+        self.model = RadioDiff(cfg)
+        if vae_weights is not None:
+            self.model.vae.load_state_dict(vae_weights)
+        self.model.vae.eval().requires_grad_(False)
+        self.module = self.model.unet
+        self.train_set, self.sample_set = train_set, sample_set
+        self.cache_latents = cache_latents
+        self.latent_cache: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def to(self, device: torch.device, memory_format: torch.memory_format) -> None:
+        self.model.to(device, memory_format=memory_format)
+        if self.cache_latents and self.latent_cache is None:
+            self.latent_cache = self._encode_all(device)
+
+    @torch.no_grad()
+    def _encode_all(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        start = time.perf_counter()
+        loader = DataLoader(self.train_set, batch_size=16, num_workers=self.cfg.data.num_workers)
+        means, stds = [], []
+        for batch in loader:
+            posterior = self.model.vae.encode(batch["image"].to(device))
+            means.append(posterior.mean)
+            stds.append(posterior.std)
+        cache = torch.cat(means), torch.cat(stds)
+        log.info("cached %d latent posteriors in %.1f s", len(cache[0]), time.perf_counter() - start)
+        return cache
+
+    def _latents(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        """Unscaled z ~ the VAE posterior of the batch's radio maps."""
+        if self.latent_cache is None:
+            return self.model.vae.encode(batch["image"]).sample(generator)
+        index = batch["index"].to(self.latent_cache[0].device)
+        mean, std = self.latent_cache[0][index], self.latent_cache[1][index]
+        noise = torch.randn(mean.shape, generator=generator, device=generator.device, dtype=mean.dtype)
+        return mean + std * noise.to(mean.device)
+
+    @torch.no_grad()
+    def first_batch(self, batch: dict, generator: torch.Generator) -> dict[str, float]:
+        if not self.cfg.diffusion.scale_by_std:
+            return {}
+        # spec "Latent scaling", as RadioDiff.set_scale_from_batch, on the (possibly cached) posterior
+        self.model.scale_factor.fill_(1.0 / self._latents(batch, generator).float().flatten().std())
+        if torch.distributed.is_initialized():
+            torch.distributed.broadcast(self.model.scale_factor, src=0)
+        return {"scale_factor": float(self.model.scale_factor)}
+
+    def loss(self, module: nn.Module, batch: dict, generator: torch.Generator):
+        with torch.no_grad():
+            x0 = self._latents(batch, generator) * self.model.scale_factor
+        return training_loss(module, x0, batch["cond"], self.cfg.diffusion, generator)
+
+    def predict(self, ema_module: nn.Module, batch: dict, steps: int, generator: torch.Generator):
+        trained = self.model.unet
+        self.model.unet = ema_module
+        try:
+            return self.model.sample(batch["cond"], steps=steps, generator=generator)
+        finally:
+            self.model.unet = trained
+
+    def model_state(self) -> dict[str, torch.Tensor]:
+        return self.model.state_dict()
+
+    def load_model_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(state)
+
+    def scale_factor(self) -> float | None:
+        return float(self.model.scale_factor)

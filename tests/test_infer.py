@@ -1,0 +1,212 @@
+"""irt4-infer end to end on a RadioMapSeer-layout root with a tiny model trained in the test."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_radiomapseer import write_root
+
+from irt4.cli.infer import main
+from irt4.config import load_config
+from irt4.data.radiomapseer import RadioMapSeer
+from irt4.models.bundle import save_bundle
+from irt4.models.radiodiff import RadioDiff
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "root"
+    write_root(path, map_ids=tuple(range(10)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(root, tmp_path_factory):
+    """The tiny preset, a few diffusion steps on the root's training maps, saved as a bundle."""
+    cfg = load_config("tiny")
+    torch.manual_seed(0)
+    model = RadioDiff(cfg)
+    data = RadioMapSeer(root, split="train", image_size=cfg.image_size)
+    batch = [data[i] for i in range(4)]
+    image, cond = torch.stack([b["image"] for b in batch]), torch.stack([b["cond"] for b in batch])
+    model.set_scale_from_batch(image, torch.Generator().manual_seed(0))
+    optimizer = torch.optim.Adam(model.unet.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        loss, _ = model.diffusion_loss(image, cond, generator)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_bundle(path, model.eval())
+    return path
+
+
+def _run(*args):
+    return main([str(a) for a in args] + ["--quiet"])
+
+
+def test_cli_writes_maps_preview_and_metrics(root, checkpoint, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert (
+        _run(
+            "--checkpoint",
+            checkpoint,
+            "--data",
+            root,
+            "--split",
+            "test",
+            "--out",
+            out,
+            "--steps",
+            2,
+            "--save-db",
+        )
+        == 0
+    )
+    pngs = sorted(p for p in out.glob("*_*.png"))
+    assert pngs, "no maps written"
+    assert (out / "preview.png").is_file()
+    with Image.open(pngs[0]) as image:
+        assert image.size == (256, 256) and image.mode == "L"
+    db = np.load(pngs[0].with_suffix(".npy"))
+    assert db.shape == (256, 256) and db.min() >= -147.0 and db.max() <= -47.0
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert len(rows) == len(pngs)
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["count"] == len(pngs) and "rmse_raw" in summary["summary"]
+    assert "rmse_raw" in capsys.readouterr().out
+
+
+def test_same_seed_gives_identical_maps_and_another_seed_differs(root, checkpoint, tmp_path):
+    outputs = {}
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        assert (
+            _run(
+                "--checkpoint",
+                checkpoint,
+                "--data",
+                root,
+                "--out",
+                tmp_path / name,
+                "--steps",
+                2,
+                "--seed",
+                seed,
+            )
+            == 0
+        )
+        outputs[name] = {p.name: np.asarray(Image.open(p)) for p in (tmp_path / name).glob("*_*.png")}
+    assert outputs["a"].keys() == outputs["b"].keys()
+    assert all(np.array_equal(outputs["a"][k], outputs["b"][k]) for k in outputs["a"])
+    assert any(not np.array_equal(outputs["a"][k], outputs["c"][k]) for k in outputs["a"])
+
+
+def test_two_shards_cover_every_pair_once_with_the_unsharded_maps(root, checkpoint, tmp_path):
+    args = ("--checkpoint", checkpoint, "--data", root, "--split", "all", "--steps", 1, "--batch-size", 3)
+    assert _run(*args, "--out", tmp_path / "full") == 0
+    for shard in ("0/2", "1/2"):
+        assert _run(*args, "--out", tmp_path / shard.replace("/", "of"), "--shard", shard) == 0
+    full = {p.name for p in (tmp_path / "full").glob("*_*.png")}
+    first = {p.name for p in (tmp_path / "0of2").glob("*_*.png")}
+    second = {p.name for p in (tmp_path / "1of2").glob("*_*.png")}
+    assert first.isdisjoint(second) and first | second == full
+    # a pair's noise does not depend on the batch or the shard it ran in; only float rounding of
+    # batched kernels does, so maps agree to one grey level
+    for name in first:
+        full_map = np.asarray(Image.open(tmp_path / "full" / name), dtype=int)
+        shard_map = np.asarray(Image.open(tmp_path / "0of2" / name), dtype=int)
+        assert np.abs(full_map - shard_map).max() <= 1
+
+
+def test_existing_outputs_are_kept_and_not_sampled_again(root, checkpoint, tmp_path, capsys):
+    args = ("--checkpoint", checkpoint, "--data", root, "--out", tmp_path / "out", "--steps", 1)
+    assert _run(*args) == 0
+    first = capsys.readouterr().out
+    assert _run(*args) == 0
+    assert "wrote 0 maps" in capsys.readouterr().out and "wrote 0 maps" not in first
+
+
+def _write_maps(tmp_path, rows):
+    maps = tmp_path / "maps"
+    maps.mkdir(exist_ok=True)
+    buildings = np.zeros((256, 256), np.uint8)
+    buildings[100:150, 100:150] = 255
+    Image.fromarray(buildings, mode="L").save(maps / "7.png")
+    tx = tmp_path / "tx.csv"
+    tx.write_text("map_id,tx_index,row,col\n" + "".join(f"{r}\n" for r in rows))
+    return maps, tx
+
+
+def test_maps_folder_and_tx_csv_input_works(checkpoint, tmp_path):
+    maps, tx = _write_maps(tmp_path, ["7,0,20,30", "7,1,200,40"])
+    assert (
+        _run("--checkpoint", checkpoint, "--maps", maps, "--tx", tx, "--out", tmp_path / "out", "--steps", 1)
+        == 0
+    )
+    assert {p.name for p in (tmp_path / "out").glob("*_*.png")} == {"7_0.png", "7_1.png"}
+    assert not (tmp_path / "out" / "metrics.csv").exists()
+
+
+@pytest.mark.parametrize(
+    "rows, match",
+    [
+        (["7,0,300,30"], "outside the map"),
+        (["7,0,120,120"], "on a building"),
+        (["8,0,20,30"], "8.png: missing"),
+    ],
+)
+def test_bad_pairs_exit_2_with_a_message_naming_the_pair(checkpoint, tmp_path, capsys, rows, match):
+    maps, tx = _write_maps(tmp_path, rows)
+    assert _run("--checkpoint", checkpoint, "--maps", maps, "--tx", tx, "--out", tmp_path / "out") == 2
+    assert match in capsys.readouterr().err
+
+
+def test_skip_bad_logs_skips_and_counts(checkpoint, tmp_path, capsys):
+    maps, tx = _write_maps(tmp_path, ["7,0,20,30", "7,1,120,120"])
+    assert (
+        _run(
+            "--checkpoint",
+            checkpoint,
+            "--maps",
+            maps,
+            "--tx",
+            tx,
+            "--out",
+            tmp_path / "out",
+            "--steps",
+            1,
+            "--skip-bad",
+        )
+        == 0
+    )
+    assert "skipped 1 bad inputs" in capsys.readouterr().out
+    assert {p.name for p in (tmp_path / "out").glob("*_*.png")} == {"7_0.png"}
+
+
+def test_wrongly_sized_map_and_bad_tx_file_exit_2(checkpoint, tmp_path, capsys):
+    maps, tx = _write_maps(tmp_path, ["7,0,20,30"])
+    Image.fromarray(np.zeros((128, 128), np.uint8), mode="L").save(maps / "7.png")
+    assert _run("--checkpoint", checkpoint, "--maps", maps, "--tx", tx, "--out", tmp_path / "o") == 2
+    assert "expected 256x256" in capsys.readouterr().err
+    tx.write_text("map,tx,row,col\n7,0,1,1\n")
+    assert _run("--checkpoint", checkpoint, "--maps", maps, "--tx", tx, "--out", tmp_path / "o") == 2
+    assert "header must be" in capsys.readouterr().err
+
+
+def test_wrong_checkpoint_and_missing_inputs_exit_2(root, tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"garbage")
+    assert _run("--checkpoint", bad, "--data", root, "--out", tmp_path / "o") == 2
+    assert "not a readable irt4 checkpoint" in capsys.readouterr().err
+    assert _run("--checkpoint", bad, "--out", tmp_path / "o") == 2
+    assert _run("--checkpoint", tmp_path / "none.pt", "--data", root, "--out", tmp_path / "o") == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_bad_shard_is_refused(root, checkpoint, tmp_path, capsys):
+    assert _run("--checkpoint", checkpoint, "--data", root, "--out", tmp_path / "o", "--shard", "2/2") == 2
+    assert "--shard" in capsys.readouterr().err
