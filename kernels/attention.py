@@ -17,8 +17,8 @@ program one BLOCK_DV-wide slice of dq / dk / dv (recomputing the scores once per
 program holds a (block, 512) fp32 accumulator pair.
 
 Where it runs: CUDA tensors use the compiled kernels; CPU tensors use them through the Triton
-interpreter when TRITON_INTERPRET=1 was set before this module was imported (the tests do, and so does
-`kernels/__init__.py`); otherwise, on a CPU, `attention` falls back to `attention_ref`.
+interpreter when TRITON_INTERPRET=1 was set before this module was imported (tests/conftest.py does);
+otherwise, on a CPU, `attention` falls back to `attention_ref`.
 """
 
 import math

@@ -121,9 +121,8 @@ def _check_inputs(
             raise ValueError(f"{name} has shape {tuple(t.shape)}, expected ({channels},)")
     for name, t in (("scale", scale), ("shift", shift)):
         if t is not None and t.shape not in ((batch, channels), (batch, channels, 1, 1)):
-            raise ValueError(
-                f"{name} has shape {tuple(t.shape)}, expected ({batch}, {channels}) or ({batch}, {channels}, 1, 1)"
-            )
+            expected = f"({batch}, {channels}) or ({batch}, {channels}, 1, 1)"
+            raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {expected}")
     if x.numel() >= 2**31:
         raise ValueError(f"x has {x.numel()} elements; the kernels index with int32 (< 2**31)")
 
@@ -290,7 +289,17 @@ def _forward_kernel(
             )
             x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
             y = _pre_silu(
-                (x - mean) * rstd, weight_ptr, bias_ptr, scale_ptr, shift_ptr, b, C, channel, channel_mask, HAS_SCALE, HAS_SHIFT
+                (x - mean) * rstd,
+                weight_ptr,
+                bias_ptr,
+                scale_ptr,
+                shift_ptr,
+                b,
+                C,
+                channel,
+                channel_mask,
+                HAS_SCALE,
+                HAS_SHIFT,
             )
             if SILU:
                 y = y / (1.0 + tl.exp(-y))
@@ -342,7 +351,19 @@ def _channel_sums_kernel(
             x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
             dy = tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
             xhat = tl.where(mask, (x - mean) * rstd, 0.0)
-            u = _pre_silu(xhat, weight_ptr, bias_ptr, scale_ptr, shift_ptr, b, C, channel, channel_mask, HAS_SCALE, HAS_SHIFT)
+            u = _pre_silu(
+                xhat,
+                weight_ptr,
+                bias_ptr,
+                scale_ptr,
+                shift_ptr,
+                b,
+                C,
+                channel,
+                channel_mask,
+                HAS_SCALE,
+                HAS_SHIFT,
+            )
             du = _silu_input_grad(dy, u, SILU)
             sum_du += tl.sum(du, axis=1)
             sum_du_xhat += tl.sum(du * xhat, axis=1)
@@ -396,7 +417,19 @@ def _input_grad_kernel(
             x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
             dy = tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
             xhat = (x - mean) * rstd
-            u = _pre_silu(xhat, weight_ptr, bias_ptr, scale_ptr, shift_ptr, b, C, channel, channel_mask, HAS_SCALE, HAS_SHIFT)
+            u = _pre_silu(
+                xhat,
+                weight_ptr,
+                bias_ptr,
+                scale_ptr,
+                shift_ptr,
+                b,
+                C,
+                channel,
+                channel_mask,
+                HAS_SCALE,
+                HAS_SHIFT,
+            )
             dxhat = _silu_input_grad(dy, u, SILU) * gain[:, None]
             # spec: GroupNorm backward, dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
             dx = rstd * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat)

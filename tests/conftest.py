@@ -2,3 +2,16 @@ import os
 
 # Triton kernels must run on the interpreter (no GPU here), and the flag is read when they are imported.
 os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from pathlib import Path  # noqa: E402  (after the interpreter flag on purpose)
+
+import pytest  # noqa: E402
+
+COMMITTED_DATASET = Path(__file__).parent / "data" / "synth-irt4"
+
+
+@pytest.fixture(scope="session")
+def committed_dataset() -> Path:
+    """The small ray-traced RadioMapSeer-layout data set committed under tests/data (its README)."""
+    assert (COMMITTED_DATASET / "png" / "buildings_complete").is_dir(), f"{COMMITTED_DATASET} is missing"
+    return COMMITTED_DATASET

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_radiomapseer import write_root
 
 from irt4.cli.infer import main
 from irt4.config import load_config
@@ -17,10 +16,8 @@ from irt4.models.radiodiff import RadioDiff
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "root"
-    write_root(path, map_ids=tuple(range(10)))
-    return path
+def root(committed_dataset):
+    return committed_dataset
 
 
 @pytest.fixture(scope="module")

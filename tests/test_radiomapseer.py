@@ -236,16 +236,8 @@ def test_dataset_feeds_a_dataloader_with_workers(root):
     assert batch["image"].shape == (4, 1, 256, 256) and batch["tx_rowcol"].shape == (4, 2)
 
 
-def committed_dataset() -> Path | None:
-    found = sorted(p.parent.parent for p in (TESTS / "data").glob("**/png/buildings_complete"))
-    return found[0] if found else None
-
-
-def test_loader_reads_the_committed_generated_dataset():
-    root = committed_dataset()
-    if root is None:
-        pytest.skip("committed dataset not generated yet")
-    dataset = RadioMapSeer(root, split="all")
+def test_loader_reads_the_committed_generated_dataset(committed_dataset):
+    dataset = RadioMapSeer(committed_dataset, split="all")
     assert len(dataset) > 0 and dataset.skipped == 0
     item = dataset[len(dataset) - 1]
     assert item["image"].shape == (1, 256, 256) and item["cond"].shape == (3, 256, 256)

@@ -89,7 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoints, mixed precision, torch.compile and DDP (torchrun).",
     )
     commands = parser.add_subparsers(
-        dest="command", required=True, metavar="COMMAND", help="vae, ldm or report (COMMAND --help for its options)"
+        dest="command",
+        required=True,
+        metavar="COMMAND",
+        help="vae, ldm or report (COMMAND --help for its options)",
     )
     vae = commands.add_parser(
         "vae", help="train the VAE (the vae_trainer recipe)", description="Train the VAE."

@@ -186,6 +186,10 @@ def write_map(root: Path, map_id: int, city: City, gain_grey: np.ndarray, gain_d
         path.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staged_path, path)
     shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        scratch.parent.rmdir()  # ROOT/.partial, once no map (of any worker) is in flight
+    except OSError:
+        pass
 
 
 def trace_map(

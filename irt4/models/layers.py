@@ -7,6 +7,7 @@ are compared against them in tests.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -80,6 +81,9 @@ class PreNormResidual(nn.Module):
 class ConvGroupNormSiLU(nn.Module):
     """Weight-standardized 3x3 conv -> GroupNorm -> optional time scale-shift -> SiLU."""
 
+    # irt4.kernels.group_norm.group_norm_silu when `use_kernels(model, "triton")` set it; None: PyTorch ops
+    group_norm_silu: Callable | None = None
+
     def __init__(self, dim: int, dim_out: int, groups: int):
         super().__init__()
         self.proj = WeightStandardizedConv2d(dim, dim_out, 3, padding=1)
@@ -88,7 +92,12 @@ class ConvGroupNormSiLU(nn.Module):
     def forward(
         self, x: torch.Tensor, scale_shift: tuple[torch.Tensor, torch.Tensor] | None = None
     ) -> torch.Tensor:
-        x = self.norm(self.proj(x))
+        x = self.proj(x)
+        if self.group_norm_silu is not None:
+            scale, shift = scale_shift if scale_shift is not None else (None, None)
+            norm = self.norm
+            return self.group_norm_silu(x, norm.weight, norm.bias, norm.num_groups, norm.eps, scale, shift)
+        x = self.norm(x)
         if scale_shift is not None:
             scale, shift = scale_shift
             x = x * (scale + 1) + shift
@@ -142,6 +151,9 @@ class LinearAttention(nn.Module):
 class Attention(nn.Module):
     """Full multi-head self-attention over the pixels of a map (the UNet mid block)."""
 
+    # irt4.kernels.attention.attention when `use_kernels(model, "triton")` set it; None: PyTorch's SDPA
+    attention: Callable | None = None
+
     def __init__(self, dim: int, heads: int, dim_head: int):
         super().__init__()
         self.heads = heads
@@ -153,7 +165,8 @@ class Attention(nn.Module):
         b, _, h, w = x.shape
         # (B, heads, N, d) for scaled_dot_product_attention; its default scale is d^-0.5 as in the reference
         q, k, v = (_split_heads(t, self.heads).transpose(-2, -1) for t in self.to_qkv(x).chunk(3, dim=1))
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, d)
+        attend = F.scaled_dot_product_attention if self.attention is None else self.attention
+        out = attend(q, k, v)  # (B, heads, N, d)
         return self.to_out(out.transpose(-2, -1).reshape(b, -1, h, w))
 
 

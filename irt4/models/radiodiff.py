@@ -10,6 +10,7 @@ from torch import nn
 from irt4.config import Config
 from irt4.diffusion.ddm import training_loss
 from irt4.diffusion.sampler import SamplerNoise, sample_latents
+from irt4.models.kernel_switch import use_kernels
 from irt4.models.unet import ConditionalUNet
 from irt4.models.vae import AutoencoderKL
 
@@ -22,6 +23,7 @@ class RadioDiff(nn.Module):
         self.unet = ConditionalUNet(cfg.unet, cfg.swin, cfg.latent_size)
         # 1 / std(z) of the first training batch when scale_by_std; saved with the weights
         self.register_buffer("scale_factor", torch.tensor(cfg.diffusion.scale_factor))
+        use_kernels(self, cfg.kernels)
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:

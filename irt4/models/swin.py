@@ -14,7 +14,7 @@ zeros after the block's first LayerNorm and are not masked: they take part in at
 """
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -100,6 +100,9 @@ def drop_path(x: Tensor, prob: float, training: bool) -> Tensor:
 class ShiftedWindowAttention(nn.Module):
     """Multi-head self-attention inside (shifted) windows with a learned relative position bias."""
 
+    # irt4.kernels.attention.attention when `use_kernels(model, "triton")` set it; None: `window_attention`
+    attention: Callable | None = None
+
     def __init__(self, dim: int, num_heads: int, window_size: int, shift_size: int):
         super().__init__()
         assert dim % num_heads == 0, f"dim {dim} is not divisible by {num_heads} heads"
@@ -139,7 +142,8 @@ class ShiftedWindowAttention(nn.Module):
         if shifted:
             mask = shifted_window_mask(padded_height, padded_width, window, shift, like=bias)
             bias = bias + mask[:, None]  # (nW, heads, N, N)
-        out = window_attention(q, k, v, bias)  # (B, nW, heads, N, d)
+        attend = window_attention if self.attention is None else self.attention
+        out = attend(q, k, v, bias)  # (B, nW, heads, N, d)
         out = self.proj(out.transpose(2, 3).reshape(b, num_windows, n, channels))
 
         x = window_merge(out, padded_height, padded_width)

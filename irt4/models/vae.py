@@ -10,6 +10,8 @@ Only the pixel and KL terms of the reference loss live here (`vae_loss`); its pe
 term and patch discriminator are out of scope for this module.
 """
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,8 +25,18 @@ def _group_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(GROUP_NORM_GROUPS, channels, eps=1e-6, affine=True)
 
 
+def _norm_silu(norm: nn.GroupNorm, x: torch.Tensor, group_norm_silu: Callable | None) -> torch.Tensor:
+    """SiLU(norm(x)): with the fused kernel where `use_kernels` set one, else with PyTorch's two ops."""
+    if group_norm_silu is None:
+        return F.silu(norm(x))
+    return group_norm_silu(x, norm.weight, norm.bias, norm.num_groups, norm.eps)
+
+
 class ResnetBlock(nn.Module):
     """GroupNorm-SiLU-conv twice with a residual; no time embedding in the autoencoder."""
+
+    # irt4.kernels.group_norm.group_norm_silu when `use_kernels(model, "triton")` set it; None: PyTorch ops
+    group_norm_silu: Callable | None = None
 
     def __init__(self, in_channels: int, out_channels: int, dropout: float):
         super().__init__()
@@ -37,8 +49,8 @@ class ResnetBlock(nn.Module):
         self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        h = self.conv1(_norm_silu(self.norm1, x, self.group_norm_silu))
+        h = self.conv2(self.dropout(_norm_silu(self.norm2, h, self.group_norm_silu)))
         skip = x if self.nin_shortcut is None else self.nin_shortcut(x)
         return skip + h
 
@@ -51,6 +63,9 @@ def _attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.T
 
 class AttnBlock(nn.Module):
     """Single-head self-attention over all H*W positions, head dimension = channels."""
+
+    # irt4.kernels.attention.attention when `use_kernels(model, "triton")` set it; None: PyTorch's SDPA
+    attention: Callable | None = None
 
     def __init__(self, channels: int):
         super().__init__()
@@ -69,7 +84,8 @@ class AttnBlock(nn.Module):
 
         # SDPA's default scale is C^-0.5, as in the reference; its fused kernels never hold the
         # (HW)^2 weights (6,400^2 floats per image at 80 x 80).
-        out = F.scaled_dot_product_attention(tokens(self.q(h)), tokens(self.k(h)), tokens(self.v(h)))
+        attend = F.scaled_dot_product_attention if self.attention is None else self.attention
+        out = attend(tokens(self.q(h)), tokens(self.k(h)), tokens(self.v(h)))
         out = out.transpose(-1, -2).reshape(batch, channels, height, width)
         return x + self.proj_out(out)
 
@@ -123,6 +139,9 @@ def _make_level(blocks: list[ResnetBlock], with_attention: bool) -> nn.Module:
 class Encoder(nn.Module):
     """Image (B, in_channels, H, W) -> moments (B, 2 z_channels, H/f, W/f), f = 2^(levels - 1)."""
 
+    # set by `use_kernels`, as ResnetBlock's
+    group_norm_silu: Callable | None = None
+
     def __init__(
         self,
         in_channels: int,
@@ -160,11 +179,14 @@ class Encoder(nn.Module):
         for level in self.down:
             h = level.downsample(_run_level(level, h))
         h = _run_mid_block(self.mid, h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(_norm_silu(self.norm_out, h, self.group_norm_silu))
 
 
 class Decoder(nn.Module):
     """Latent (B, z_channels, h, w) -> image (B, out_channels, h f, w f)."""
+
+    # set by `use_kernels`, as ResnetBlock's
+    group_norm_silu: Callable | None = None
 
     def __init__(
         self,
@@ -202,7 +224,7 @@ class Decoder(nn.Module):
         h = _run_mid_block(self.mid, self.conv_in(z))
         for level in reversed(self.up):
             h = level.upsample(_run_level(level, h))
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(_norm_silu(self.norm_out, h, self.group_norm_silu))
 
 
 class DiagonalGaussian:

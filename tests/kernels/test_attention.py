@@ -10,11 +10,10 @@ kernel's max error is at most 2x plain PyTorch's at the same dtype plus a floor 
 reference value; fp32 also has issue 6's cap, max error < 1e-4 of the largest reference value.
 """
 
+import irt4.kernels.attention as attention_module
 import pytest
 import torch
-
-import kernels.attention as attention_module
-from kernels.attention import attention, attention_ref
+from irt4.kernels.attention import attention, attention_ref
 
 MASKED_LOGIT = -100.0  # the Swin shifted-window mask value (irt4.models.swin.MASKED_LOGIT)
 

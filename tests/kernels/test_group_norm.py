@@ -2,7 +2,8 @@
 
 On CPU the kernels run in Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1 before
 they are imported), which costs ~30-60 ms per program (batch x group x pixel chunk) and launch:
-the shapes here are small, with few groups, but cover every masking and reduction path. The same tests run unchanged on a GPU; the model's real shapes run only there.
+the shapes here are small, with few groups, but cover every masking and reduction path. The same
+tests run unchanged on a GPU; the model's real shapes run only there.
 
 Tolerance rule (STYLE.md, flash-attention's): against a reference computed in fp64 from the same
 (rounded) inputs, the kernel's max error must be at most 2x the max error of plain PyTorch at the
@@ -18,9 +19,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from irt4.kernels import group_norm as gn
+from torch import nn
 
 FLOOR_FP32_ULPS = 3
 FP32_REL_CAP = 1e-4
@@ -28,12 +28,16 @@ FP32_REL_CAP = 1e-4
 # (shape (B, C, H, W), groups, why)
 SHAPES = [
     ((1, 4, 2, 2), 2, "tiny: 8 elements per group"),
-    ((2, 6, 4, 4), 1, "one group: LayerNorm over (C, H, W)"),
-    ((2, 3, 4, 3), 3, "groups == channels: InstanceNorm"),
-    ((2, 8, 7, 9), 4, "odd spatial 7x9"),
-    ((1, 12, 5, 5), 4, "non-power-of-two channels per group (3): masked channel lanes"),
-    ((1, 160, 3, 5), 1, "160 channels in a group: loops over 3 channel blocks, the last partial"),
-    ((1, 2, 70, 130), 2, "9,100 pixels in a group: split over 2 programs, merged; an empty tile"),
+    ((2, 6, 4, 4), 1, "one_group: LayerNorm over (C, H, W)"),
+    ((2, 3, 4, 3), 3, "groups_eq_channels: InstanceNorm"),
+    ((2, 8, 7, 9), 4, "odd_spatial: 7x9"),
+    ((1, 12, 5, 5), 4, "non_pow2_group: 3 channels per group, masked channel lanes"),
+    ((1, 160, 3, 5), 1, "channel_blocks: 160 channels in a group, 3 channel blocks, the last partial"),
+    (
+        (1, 2, 70, 130),
+        2,
+        "pixel_chunks: 9100 pixels in a group, split over 2 programs and merged; an empty tile",
+    ),
 ]
 
 # (scale-shift, silu): which fused epilogue, as the models use it
@@ -113,7 +117,8 @@ def assert_within_torch_error(kernel, torch_same_dtype, reference, dtype, fp32_c
             raise AssertionError(
                 f"{name}: {int(bad.sum())} of {ref.numel()} elements exceed 2 x PyTorch's error + floor = "
                 f"{bound:.3g} (max kernel error {fast_error.max().item():.3g}); first at {index}: "
-                f"kernel {[fast[tuple(i)].item() for i in index]}, reference {[ref[tuple(i)].item() for i in index]}"
+                f"kernel {[fast[tuple(i)].item() for i in index]}, "
+                f"reference {[ref[tuple(i)].item() for i in index]}"
             )
         if dtype == torch.float32 and fp32_cap:
             relative = fast_error.max().item() / scale
@@ -161,7 +166,7 @@ def test_non_dense_input_is_made_contiguous_and_matches_reference(device):
     compare_to_reference(inputs, 2, 1e-5, True, torch.float32)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("param_dtype", ["same", "fp32"], ids=["params_same_dtype", "params_fp32"])
 @pytest.mark.parametrize(
     ("shape", "num_groups"), [((2, 8, 7, 9), 4), ((1, 2, 70, 130), 2)], ids=["odd_spatial", "pixel_chunks"]
@@ -173,13 +178,29 @@ def test_half_precision_within_twice_torch_error(dtype, param_dtype, shape, num_
     assert kernel["dweight"].dtype == inputs["weight"].dtype
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_half_precision_results_are_the_fp32_results_rounded_to_nearest(dtype, device):
+    """All arithmetic is fp32 whatever the input dtype: from the same values, the half-precision
+    run's outputs are the fp32 run's, rounded to nearest even (which Triton's interpreter does not
+    do by itself for bf16)."""
+    inputs = make_inputs((1, 2, 70, 130), dtype, device)
+    half = run_with_grads(gn.group_norm_silu, inputs, 2, 1e-5, True)
+    full = run_with_grads(gn.group_norm_silu, inputs, 2, 1e-5, True, cast=torch.float32)
+    for name, t in half.items():
+        assert torch.equal(t, full[name].to(dtype)), (
+            f"{name}: {int((t != full[name].to(dtype)).sum())} differ"
+        )
+
+
 @pytest.fixture
 def poisoned_buffers(monkeypatch):
     """Every buffer the launchers allocate (outputs, statistics, partial sums) starts as NaN, so an
     element a kernel forgets to write shows up in the result."""
     monkeypatch.setattr(gn, "_alloc_like", lambda t: torch.full_like(t, float("nan")))
     monkeypatch.setattr(
-        gn, "_alloc", lambda shape, device: torch.full(shape, float("nan"), dtype=torch.float32, device=device)
+        gn,
+        "_alloc",
+        lambda shape, device: torch.full(shape, float("nan"), dtype=torch.float32, device=device),
     )
 
 
@@ -215,10 +236,14 @@ def test_registered_ops_pass_opcheck(channels_last, scale_shift, device):
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     scale, shift = (None if t is None else t.reshape(2, 4) for t in (inputs["scale"], inputs["shift"]))
-    leaves = [t if t is None else t.requires_grad_() for t in (x, inputs["weight"], inputs["bias"], scale, shift)]
+    leaves = [
+        t if t is None else t.requires_grad_() for t in (x, inputs["weight"], inputs["bias"], scale, shift)
+    ]
     torch.library.opcheck(torch.ops.irt4.group_norm_silu.default, (*leaves, 2, 1e-5, True))
 
-    _, mean, rstd = torch.ops.irt4.group_norm_silu(x, inputs["weight"], inputs["bias"], scale, shift, 2, 1e-5, True)
+    _, mean, rstd = torch.ops.irt4.group_norm_silu(
+        x, inputs["weight"], inputs["bias"], scale, shift, 2, 1e-5, True
+    )
     dy = torch.randn_like(x)
     backward_args = (dy, x.detach(), inputs["weight"].detach(), inputs["bias"].detach())
     backward_args += tuple(None if t is None else t.detach() for t in (scale, shift))
@@ -291,10 +316,10 @@ def test_convergence_matches_reference_training_run(device):
     kernel_losses, kernel_params = train(gn.group_norm_silu)
     reference_losses, reference_params = train(gn.group_norm_silu_ref)
     assert reference_losses[-1] < 0.9 * reference_losses[0]
-    # measured on CPU: loss curves agree to ~1e-7 relative, weights to ~1e-6 after 20 steps
+    # measured on CPU: the loss curves agree to 1e-7 relative, the weights to 1.2e-7 absolute
     torch.testing.assert_close(kernel_losses, reference_losses, rtol=1e-5, atol=0)
     for name, p in kernel_params.items():
-        torch.testing.assert_close(p, reference_params[name], rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(p, reference_params[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_without_cuda_or_interpreter_the_reference_runs(monkeypatch):
@@ -343,7 +368,7 @@ def test_wrong_shapes_raise_with_the_sizes(change, message):
         ((32, 512, 80, 80), 32, (False, False), 1e-6),  # VAE, widest block at full latent-input size
     ],
 )
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_model_real_shapes_on_gpu_within_twice_torch_error(shape, num_groups, scale_shift, eps, dtype):
     inputs = make_inputs(shape, dtype, torch.device("cuda"), scale_shift)
     compare_to_reference(inputs, num_groups, eps, True, dtype)
