@@ -1,5 +1,4 @@
 import argparse
-import importlib.util
 import re
 
 import pytest
@@ -72,9 +71,3 @@ def test_every_option_has_a_help_text(command):
     subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     for action in subparsers.choices[command]._actions:
         assert action.help and action.help != argparse.SUPPRESS, action.dest
-
-
-@pytest.mark.skipif(importlib.util.find_spec("irt4.data.synth") is not None, reason="the generator exists")
-def test_synth_without_the_generator_exits_2_with_a_clear_message(capsys):
-    assert main(["synth"]) == 2
-    assert "data generator (irt4/data/synth.py) is not part of this installation" in capsys.readouterr().err

@@ -10,7 +10,6 @@ Bad data (InputError) prints one line on stderr and exits with code 2.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import sys
 from pathlib import Path
@@ -81,18 +80,9 @@ def check(args: argparse.Namespace) -> int:
     return 0
 
 
-def synth_missing(args: argparse.Namespace) -> int:
-    raise InputError("the data generator (irt4/data/synth.py) is not part of this installation")
-
-
 def add_synth(subparsers: argparse._SubParsersAction) -> None:
     """Wire `synth` to irt4.data.synth, which imports nothing heavy at module level (Sionna only
     inside its functions), so building this parser stays cheap."""
-    if importlib.util.find_spec("irt4.data.synth") is None:
-        parser = subparsers.add_parser("synth", help="ray-traced data generator (not installed)")
-        parser.add_argument("args", nargs=argparse.REMAINDER, help="ignored")
-        parser.set_defaults(func=synth_missing)
-        return
     from irt4.data import synth
 
     summary = (synth.__doc__ or "ray-traced data generator").strip().splitlines()[0]
