@@ -1,6 +1,8 @@
 # make install: the venv, torch (CPU build, only if missing) and irt4 in editable mode with its extension and
-# the [sim] extra (sionna-rt), plus Debian's libLLVM 19 for Sionna's CPU backend when missing (root + apt only).
-# make test: lint, then the tests. make demo: the end-to-end demo.
+# the [sim] (sionna-rt) and [ort] (onnx, onnxruntime) extras, plus Debian's libLLVM 19 for Sionna's CPU
+# backend when missing (root + apt only).
+# make test: lint, then the tests. make demo: the end-to-end demo. make bench: the quick CPU benchmarks
+# (bench/run.py: writes bench/results/<date>-cpu.json and regenerates bench/RESULTS.md).
 PY := .venv/bin/python
 PIP := $(PY) -m pip
 RUFF := .venv/bin/ruff
@@ -11,7 +13,7 @@ TORCH_VERSION := 2.13.0
 INSTALL_STAMP := .venv/.irt4-installed
 BUILD_INPUTS := pyproject.toml CMakeLists.txt $(wildcard csrc/*)
 
-.PHONY: install libllvm test demo clean
+.PHONY: install libllvm test demo bench clean
 
 install: libllvm $(INSTALL_STAMP)
 
@@ -32,7 +34,7 @@ $(PY):
 $(INSTALL_STAMP): $(PY) $(BUILD_INPUTS)
 	$(PY) -c 'import torch' 2>/dev/null || $(PIP) install torch==$(TORCH_VERSION)
 	$(PIP) install scikit-build-core cmake ninja
-	$(PIP) install --no-build-isolation -e '.[dev,sim]'
+	$(PIP) install --no-build-isolation -e '.[dev,sim,ort]'
 	touch $@
 
 test: install
@@ -42,6 +44,9 @@ test: install
 
 demo: install
 	$(PY) -m irt4.demo
+
+bench: install
+	$(PY) -m bench.run --quick
 
 clean:
 	rm -rf build .venv demo-out runs .pytest_cache .ruff_cache

@@ -50,6 +50,11 @@ class Row:
     first_call_s: float | None = None  # the warm-up call: compilation (torch.compile, Triton JIT)
     vs_eager: float | None = field(default=None)  # eager time / this time
     vs_compile: float | None = field(default=None)  # compile time / this time
+    # Fields the model-level runner (bench/run.py) fills; the kernel rows leave them empty.
+    p20_ms: float | None = None
+    p80_ms: float | None = None
+    vs_reference: float | None = None  # the reference path's time / this time (same stage, batch)
+    config: dict = field(default_factory=dict)  # batch, steps, preset, errors, FLOPs, memory ...
 
 
 @dataclass
@@ -58,6 +63,7 @@ class Harness:
     quick: bool
     repeats: int
     copy_gbps: float = float("nan")
+    warmup: int = 3
 
     @property
     def run_triton(self) -> bool:
@@ -65,11 +71,16 @@ class Harness:
 
     def time_ms(self, fn: Callable[[], object]) -> tuple[float, float]:
         """(median ms over `repeats` calls after warm-up, seconds of the first call)."""
+        (_, median_ms, _), first_call_s = self.time_quantiles_ms(fn)
+        return median_ms, first_call_s
+
+    def time_quantiles_ms(self, fn: Callable[[], object]) -> tuple[tuple[float, float, float], float]:
+        """((p20, p50, p80) ms over `repeats` calls after warm-up, seconds of the first call)."""
         start = time.perf_counter()
         fn()
         self.synchronize()
         first_call_s = time.perf_counter() - start
-        for _ in range(3):
+        for _ in range(self.warmup):
             fn()
         times = []
         for _ in range(self.repeats):
@@ -84,7 +95,10 @@ class Harness:
                 begin_s = time.perf_counter()
                 fn()
                 times.append((time.perf_counter() - begin_s) * 1e3)
-        return statistics.median(times), first_call_s
+        if len(times) < 2:
+            return (times[0], times[0], times[0]), first_call_s
+        deciles = statistics.quantiles(times, n=10, method="inclusive")
+        return (deciles[1], statistics.median(times), deciles[7]), first_call_s
 
     def record(self, **fields) -> Row:
         """A Row: kernel modules build rows through the harness they are given, without importing

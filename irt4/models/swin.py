@@ -47,10 +47,9 @@ def window_partition(x: Tensor, window: int) -> Tensor:
     return x.reshape(b, (h // window) * (w // window), window * window, c)
 
 
-def window_merge(windows: Tensor, height: int, width: int) -> Tensor:
+def window_merge(windows: Tensor, height: int, width: int, window: int) -> Tensor:
     """Inverse of `window_partition`: (B, nW, window^2, C) -> (B, height, width, C)."""
-    b, _, n, c = windows.shape
-    window = int(round(n**0.5))
+    b, _, _, c = windows.shape
     x = windows.view(b, height // window, width // window, window, window, c).permute(0, 1, 3, 2, 4, 5)
     return x.reshape(b, height, width, c)
 
@@ -146,7 +145,7 @@ class ShiftedWindowAttention(nn.Module):
         out = attend(q, k, v, bias)  # (B, nW, heads, N, d)
         out = self.proj(out.transpose(2, 3).reshape(b, num_windows, n, channels))
 
-        x = window_merge(out, padded_height, padded_width)
+        x = window_merge(out, padded_height, padded_width, window)
         if shifted:
             x = torch.roll(x, shifts=shift, dims=(1, 2))
         return x[:, :height, :width, :].contiguous()
