@@ -108,6 +108,20 @@ class DataConfig:
     num_workers: int = 2
     target_divisor: float = 255.0  # the reference IRT4 loader used 256
     gain_db_range: tuple[float, float] = (-147.0, -47.0)
+    # training-set augmentation: "none", or "dihedral" = every sample in its 8 flips/90-degree
+    # rotations (buildings, transmitter and gain map together; irt4.train.augment)
+    augment: str = "none"
+
+
+@dataclass
+class BaselineConfig:
+    """The RadioUNet-style one-pass regressor (irt4.baseline): a conv UNet, `dim * dim_mults[i]`
+    channels at level i, `convs_per_level` 3x3 convs per block; it trains with the `trainer` recipe."""
+
+    dim: int = 32
+    dim_mults: tuple[int, ...] = (1, 2, 4, 8, 8)
+    convs_per_level: int = 2
+    groups: int = 8  # GroupNorm groups
 
 
 @dataclass
@@ -146,6 +160,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     vae_trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
 
     @property
     def latent_size(self) -> int:
@@ -178,6 +193,18 @@ class Config:
             )
         if self.diffusion.loss_type not in ("l1", "l2"):
             raise ConfigError(f"diffusion.loss_type must be 'l1' or 'l2', got {self.diffusion.loss_type!r}")
+        if self.data.augment not in ("none", "dihedral"):
+            raise ConfigError(f"data.augment must be 'none' or 'dihedral', got {self.data.augment!r}")
+        baseline_down = 2 ** (len(self.baseline.dim_mults) - 1)
+        if self.image_size % baseline_down:
+            raise ConfigError(
+                f"image_size {self.image_size} is not divisible by {baseline_down}, the baseline's "
+                f"downsampling for {len(self.baseline.dim_mults)} baseline.dim_mults"
+            )
+        if any(self.baseline.dim * m % self.baseline.groups for m in self.baseline.dim_mults):
+            raise ConfigError(
+                "baseline.dim * every baseline.dim_mults entry must be divisible by baseline.groups"
+            )
         if self.kernels not in ("torch", "triton"):
             raise ConfigError(f"kernels must be 'torch' or 'triton', got {self.kernels!r}")
         if not 0.0 < self.diffusion.eps < 1.0 / self.diffusion.sampling_steps:

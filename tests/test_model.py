@@ -155,3 +155,16 @@ def test_folded_weight_standardization_gives_the_same_step(cfg):
     for a, b, c in zip(expected, folded, unfolded):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
         assert torch.equal(c, a)
+
+
+def test_channels_last_model_gives_the_same_loss(cfg):
+    # the trainer moves models to channels_last on GPUs; the spectral filter's complex weight is 4-D
+    # and must still be viewed as complex (this crashed the first GPU training run)
+    torch.manual_seed(0)
+    model = RadioDiff(cfg).eval()  # no stochastic depth: the two losses see the same network
+    image = torch.rand(2, 1, cfg.image_size, cfg.image_size) * 2 - 1
+    cond = torch.rand(2, 3, cfg.image_size, cfg.image_size) * 2 - 1
+    expected = model.diffusion_loss(image, cond, torch.Generator().manual_seed(1))[0]
+    model.to(memory_format=torch.channels_last)
+    got = model.diffusion_loss(image, cond, torch.Generator().manual_seed(1))[0]
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)

@@ -267,7 +267,7 @@ def _parsers():
     return [("", parser), *subparsers.items()]
 
 
-@pytest.mark.parametrize("name", ["", "vae", "ldm", "report"])
+@pytest.mark.parametrize("name", ["", "vae", "ldm", "baseline", "report"])
 def test_help_explains_every_option(name, capsys):
     parser = dict(_parsers())[name]
     with pytest.raises(SystemExit) as exit_info:
@@ -284,7 +284,7 @@ def test_console_script_help_lists_the_subcommands():
     result = subprocess.run(
         [str(Path(sys.executable).with_name("irt4-train")), "--help"], capture_output=True, text=True, env=ENV
     )
-    assert result.returncode == 0 and all(c in result.stdout for c in ("vae", "ldm", "report"))
+    assert result.returncode == 0 and all(c in result.stdout for c in ("vae", "ldm", "baseline", "report"))
 
 
 def test_user_mistakes_print_one_line_and_exit_2(data_root, vae_run, tmp_path, capsys):

@@ -1,8 +1,12 @@
-"""`irt4-train`: train the VAE, then the latent diffusion model, resumably (issue 4).
+"""`irt4-train`: train the VAE, then the latent diffusion model, resumably (issue 4); and the
+RadioUNet-style baseline regressor it is compared with (issue 9).
 
   irt4-train vae --config C --data ROOT --out RUN_VAE
   irt4-train ldm --config C --data ROOT --vae RUN_VAE/last.pt --out RUN
+  irt4-train baseline --config C --data ROOT --out RUN_BASELINE
   irt4-train report RUN
+
+`--time-budget SECONDS` stops any of them after that much training time (irt4.train.trainer).
 
 Under `torchrun --nproc_per_node=N` the same commands run DistributedDataParallel. User mistakes
 (InputError, ConfigError) print one line on stderr and exit with code 2.
@@ -69,6 +73,13 @@ def _add_run_options(parser: argparse.ArgumentParser, stage: str) -> None:
         "--no-tensorboard", action="store_true", help="write metrics.jsonl/csv only, no TensorBoard events"
     )
     parser.add_argument(
+        "--time-budget",
+        type=float,
+        metavar="SECONDS",
+        help="stop after SECONDS of training time (steps only, summed over resumed sessions; "
+        "startup, checkpoints and sample grids not counted), saving the final checkpoint and report",
+    )
+    parser.add_argument(
         "--sample-steps",
         type=int,
         default=5,
@@ -92,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command",
         required=True,
         metavar="COMMAND",
-        help="vae, ldm or report (COMMAND --help for its options)",
+        help="vae, ldm, baseline or report (COMMAND --help for its options)",
     )
     vae = commands.add_parser(
         "vae", help="train the VAE (the vae_trainer recipe)", description="Train the VAE."
@@ -115,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="encode every training map's VAE posterior once and sample latents from it at each step",
     )
+    baseline = commands.add_parser(
+        "baseline",
+        help="train the RadioUNet-style one-pass UNet regressor (the trainer recipe, baseline section)",
+        description="Train the baseline: a conv UNet from the condition image to the radio map, MSE loss.",
+    )
+    _add_run_options(baseline, "baseline")
     report = commands.add_parser(
         "report", help="write RUN/report.md with loss and LR plots", description="Write a run's report."
     )
@@ -153,12 +170,14 @@ def _resolve_config(args: argparse.Namespace, section: str) -> tuple[Config, tup
 
 
 def train(args: argparse.Namespace) -> int:
-    from irt4.train.stages import LDMStage, VAEStage, datasets, read_vae_weights
+    from irt4.train.stages import BaselineStage, LDMStage, VAEStage, datasets, read_vae_weights
     from irt4.train.trainer import RunOptions, Trainer, resolve_precision, seed_everything, setup_distributed
 
     section = "vae_trainer" if args.command == "vae" else "trainer"
     if args.sample_steps < 1:
         raise InputError("--sample-steps must be at least 1")
+    if args.time_budget is not None and not args.time_budget > 0:
+        raise InputError(f"--time-budget must be a positive number of seconds, got {args.time_budget}")
     cfg, resume = _resolve_config(args, section)
     env = setup_distributed(args.device)
     if not env.is_main:
@@ -173,6 +192,8 @@ def train(args: argparse.Namespace) -> int:
     train_set, sample_set = datasets(cfg, args.data)
     if args.command == "vae":
         stage = VAEStage(cfg, train_set, sample_set)
+    elif args.command == "baseline":
+        stage = BaselineStage(cfg, train_set, sample_set)
     else:
         if resume is None and args.vae is None:
             raise InputError("--vae is required: the checkpoint of an `irt4-train vae` run")
@@ -184,6 +205,7 @@ def train(args: argparse.Namespace) -> int:
         compile=args.compile,
         tensorboard=not args.no_tensorboard,
         sample_steps=args.sample_steps,
+        time_budget_s=args.time_budget,
         inject_nan_at=args.inject_nan_at,
     )
     try:

@@ -20,6 +20,7 @@ from irt4.errors import InputError
 from irt4.models.radiodiff import RadioDiff
 
 BUNDLE_FORMAT = "irt4-radiodiff-bundle-1"
+BASELINE_BUNDLE_FORMAT = "irt4-baseline-bundle-1"  # irt4.baseline's regressor (metadata kind: baseline)
 
 
 def save_bundle(
@@ -40,6 +41,7 @@ def save_bundle(
         "irt4_version": __version__,
         "config": yaml.safe_dump(config_to_dict(model.cfg), sort_keys=False),
         "weights": weights,
+        "kind": "radiodiff",
     }
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
@@ -64,6 +66,11 @@ def _read_bundle(path: Path) -> tuple[Config, dict[str, torch.Tensor], dict]:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
         raise InputError(f"{path}: not a readable safetensors file ({err})") from err
+    if metadata.get("kind") == "baseline" or metadata.get("format") == BASELINE_BUNDLE_FORMAT:
+        raise InputError(
+            f"{path}: a baseline (UNet regressor) bundle, not a diffusion model; "
+            "load it with irt4.baseline.load_baseline"
+        )
     if metadata.get("format") != BUNDLE_FORMAT:
         raise InputError(f"{path}: not an irt4 model bundle (format {metadata.get('format')!r})")
     return _config_from_yaml(metadata["config"], path), tensors, metadata
@@ -78,6 +85,11 @@ def _read_checkpoint(path: Path, use_ema: bool) -> tuple[Config, dict[str, torch
         raise InputError(f"{path}: not an irt4 checkpoint (no model weights and config in it)")
     if checkpoint.get("stage") == "vae":
         raise InputError(f"{path}: a VAE-stage checkpoint; sampling needs a diffusion (ldm) checkpoint")
+    if checkpoint.get("stage") == "baseline":
+        raise InputError(
+            f"{path}: a baseline (UNet regressor) checkpoint, not a diffusion model; "
+            "load it with irt4.baseline.load_baseline"
+        )
     config = checkpoint["config"]
     cfg = _config_from_yaml(config if isinstance(config, str) else yaml.safe_dump(config), path)
     state = dict(checkpoint["model"])

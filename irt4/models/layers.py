@@ -187,7 +187,7 @@ class SpectralFilter(nn.Module):
         if (h, w) != (self.height, self.width):
             raise ValueError(f"SpectralFilter was built for {self.height}x{self.width} maps, got {h}x{w}")
         spectrum = torch.fft.rfft2(x.float(), dim=(2, 3), norm="ortho")
-        spectrum = spectrum * torch.view_as_complex(self.complex_weight.float())
+        spectrum = spectrum * torch.view_as_complex(self.complex_weight.float().contiguous())
         return torch.fft.irfft2(spectrum, s=(h, w), dim=(2, 3), norm="ortho").to(x.dtype)
 
 

@@ -28,7 +28,7 @@ MILESTONES = 6  # rows of the loss table, about
 SMOOTH_MIN_POINTS = 25  # a loss curve this long gets a smoothed copy (over a window of ~1/12 of it)
 # columns of metrics.jsonl that are not losses (they go elsewhere in the report)
 NOT_LOSSES = {"step", "time", "loss", "lr", "samples_per_s", "steps_per_s"}
-NOT_LOSSES |= {"nonfinite_loss", "skipped_steps", "nan_skipped"}
+NOT_LOSSES |= {"nonfinite_loss", "skipped_steps", "nan_skipped", "train_time_s"}
 
 STATUS_TEXT = {
     "completed": "all planned steps done",
@@ -37,6 +37,12 @@ STATUS_TEXT = {
     "stopped_nan": "stopped on a non-finite loss; the last good state was saved",
     "failed": "failed with an error (see the run's log); the last checkpoint is intact",
 }
+
+
+def _status_text(record: dict[str, Any]) -> str:
+    if record.get("status") == "completed" and record.get("stop_reason") == "time_budget":
+        return "stopped when the time budget was spent; the final state was saved"
+    return STATUS_TEXT.get(record.get("status"), "unknown status")
 
 
 # ---- numbers for people ----------------------------------------------------------------------------
@@ -253,12 +259,18 @@ def write_report(run_dir: Path) -> Path:
     if isinstance(step, int) and isinstance(total, int) and total > 0:
         done += f" of {total:,} planned ({100 * step / total:.0f} %)"
     summary = [
-        ["Status", f"**{status}**: {STATUS_TEXT.get(status, 'unknown status')}"],
+        ["Status", f"**{status}**: {_status_text(record)}"],
         ["Started", str(record.get("started") or "–")],
         ["Finished", str(record.get("finished") or "–")],
         ["Duration", human_duration(record.get("duration_s"))],
         ["Steps", done],
     ]
+    if isinstance(record.get("train_time_s"), (int, float)):
+        spent = human_duration(record["train_time_s"])
+        budget = record.get("time_budget_s")
+        if isinstance(budget, (int, float)):
+            spent += f" of a {human_duration(budget)} budget"
+        summary.append(["Training time", spent + " (steps only: no startup, checkpoints or sample grids)"])
     if loss_rows:
         final, best = loss_rows[-1], min(loss_rows, key=lambda row: row["loss"])
         summary.append(["Final loss", f"{_number(final['loss'])} (step {final['step']:,})"])

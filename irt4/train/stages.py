@@ -1,9 +1,12 @@
-"""The two training stages: the VAE (first stage) and the latent diffusion UNet (second stage).
+"""The training stages: the VAE (first stage), the latent diffusion UNet (second stage), and the
+RadioUNet-style baseline regressor (irt4.baseline) that the diffusion model is compared with.
 
 Each says what is trained, its loss, what its checkpoints hold and what its sample grid shows; the
 loop itself is irt4.train.trainer. Checkpoint `model` weights use RadioDiff's names: `vae.*` for the
-VAE stage, the whole model (`vae.*`, `unet.*`, `scale_factor`) for the LDM stage (contracts.md); `ema`
-holds the averaged trained network under its own names.
+VAE stage, the whole model (`vae.*`, `unet.*`, `scale_factor`) for the LDM stage (contracts.md), the
+regressor's own names for the baseline; `ema` holds the averaged trained network under its own names.
+
+The training set is augmented as `data.augment` says (irt4.train.augment); sample grids are not.
 """
 
 from __future__ import annotations
@@ -17,12 +20,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from irt4.baseline.regressor import RadioUNetRegressor, regression_loss
+from irt4.baseline.regressor import predict as regressor_predict
 from irt4.config import Config, config_from_dict
 from irt4.data.radiomapseer import RadioMapSeer
 from irt4.diffusion.ddm import training_loss
 from irt4.errors import InputError
 from irt4.models.radiodiff import RadioDiff
 from irt4.models.vae import AutoencoderKL, vae_loss
+from irt4.train.augment import augmented
 from irt4.train.checkpoint import read_checkpoint
 from irt4.train.data import Indexed
 
@@ -43,7 +49,7 @@ def datasets(cfg: Config, root: Path) -> tuple[Dataset, Dataset]:
     except InputError as error:
         log.info("sample grids use training maps: %s", error)
         sample_set = train_set
-    return Indexed(train_set), sample_set
+    return Indexed(augmented(train_set, cfg.data.augment)), sample_set
 
 
 def _maps(image: torch.Tensor) -> torch.Tensor:
@@ -118,7 +124,9 @@ class LDMStage:
 
     scale_by_std: on the first batch of a fresh run, scale_factor = 1 / std(z) (rank 0's, broadcast).
     With `cache_latents`, the VAE posterior (mean, std) of every training sample is computed once and
-    each step samples z from it, instead of running the VAE encoder on every batch.
+    each step samples z from it, instead of running the VAE encoder on every batch. Under dihedral
+    augmentation every transformed map is a sample of its own, so each of the 8 is encoded (the VAE
+    is not equivariant: transforming a latent is not encoding the transformed map).
     """
 
     name = "ldm"
@@ -200,3 +208,38 @@ class LDMStage:
 
     def scale_factor(self) -> float | None:
         return float(self.model.scale_factor)
+
+
+class BaselineStage:
+    """Trains the RadioUNet-style regressor (irt4.baseline) with MSE on the gain in [0, 1], from the
+    same condition tensors and training set as the diffusion model, with the `trainer` recipe."""
+
+    name = "baseline"
+
+    def __init__(self, cfg: Config, train_set: Dataset, sample_set: Dataset):
+        self.cfg = cfg
+        self.trainer_cfg = cfg.trainer
+        self.model = RadioUNetRegressor(cfg)
+        self.module = self.model
+        self.train_set, self.sample_set = train_set, sample_set
+
+    def to(self, device: torch.device, memory_format: torch.memory_format) -> None:
+        self.model.to(device, memory_format=memory_format)
+
+    def first_batch(self, batch: dict, generator: torch.Generator) -> dict[str, float]:
+        return {}
+
+    def loss(self, module: nn.Module, batch: dict, generator: torch.Generator):
+        return regression_loss(module, batch["cond"], _maps(batch["image"])), {}
+
+    def predict(self, ema_module: nn.Module, batch: dict, steps: int, generator: torch.Generator):
+        return regressor_predict(ema_module, batch["cond"])
+
+    def model_state(self) -> dict[str, torch.Tensor]:
+        return self.model.state_dict()
+
+    def load_model_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(state)
+
+    def scale_factor(self) -> float | None:
+        return None

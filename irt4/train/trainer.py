@@ -4,10 +4,16 @@ A stage (irt4.train.stages) says what is trained and how its loss is computed; t
 rest: AdamW (fused on CUDA) under the LR schedule, gradient accumulation, mixed precision (bf16
 autocast, or fp16 with a grad scaler), EMA, DistributedDataParallel under torchrun (only rank 0
 writes), torch.compile, checkpoints every `save_every` steps and on SIGINT/SIGTERM, the non-finite
-loss policy, metrics, sample grids, run.json and the final report.
+loss policy, a training-time budget, metrics, sample grids, run.json and the final report.
 
 Steps are counted from 1: "step s" is the s-th optimizer step, and a checkpoint named s holds the
-state after it. The host syncs once per step (the loss, to act on a non-finite one, and the stop flag).
+state after it. The host syncs once per step (the loss, to act on a non-finite one, and the stop flags).
+
+Training time (`train_time_s`) is the wall time spent in steps, summed over resumed sessions: it
+leaves out startup (model build, latent caching, the loader's start), checkpoint writes and sample
+grids. With `time_budget_s`, the run stops after the step that brings it to the budget, saves a
+checkpoint and a sample grid, and ends with status "completed" and stop_reason "time_budget". The
+budget is the same for every stage, which is how runs are compared "with the same compute budget".
 """
 
 from __future__ import annotations
@@ -131,6 +137,7 @@ class RunOptions:
     compile: bool = False
     tensorboard: bool = True
     sample_steps: int = 5
+    time_budget_s: float | None = None  # stop after this much training time (all sessions together)
     inject_nan_at: int | None = None  # testing aid: make the loss of this step NaN
 
 
@@ -256,6 +263,7 @@ class Trainer:
         self.noise = torch.Generator(device=device).manual_seed(tcfg.seed + 7919 * env.rank)
         self.step = 0
         self.consumed = 0  # items of the global sample stream used so far
+        self.train_time = 0.0  # seconds spent in training steps, all sessions together
         self.resumed = resume is not None
         if resume is not None:
             self._restore(*resume)
@@ -300,6 +308,7 @@ class Trainer:
         set_rng_state(states[self.env.rank % len(states)], self.noise)
         self.step = checkpoint["step"]
         self.consumed = checkpoint["data"]["consumed"]
+        self.train_time = float(checkpoint.get("train_time_s", 0.0))
         log.info("resumed from %s at step %d", path, self.step)
 
     def _gather_rng(self) -> list[dict[str, Any]]:
@@ -329,6 +338,7 @@ class Trainer:
             "irt4_version": __version__,
             "scale_factor": self.stage.scale_factor(),
             "world_size": self.env.world_size,
+            "train_time_s": self.train_time,
         }
         path = save_checkpoint(self.run_dir, state, self.tcfg.keep_checkpoints)
         log.info("saved %s", path)
@@ -362,6 +372,9 @@ class Trainer:
             "samples_per_s": None,
             "resumed_from": previous.get("resumed_from", []) + ([self.step] if self.resumed else []),
             "checkpoints": [p.name for _, p in list_checkpoints(self.run_dir)],
+            "train_time_s": round(self.train_time, 3),
+            "time_budget_s": self.options.time_budget_s,
+            "stop_reason": None,
         }
         write_json_atomic(run_json, self.record)
 
@@ -375,6 +388,7 @@ class Trainer:
             duration_s=round(self._previous_duration + elapsed, 3),
             steps_per_s=round(steps / elapsed, 4) if steps else None,
             samples_per_s=round(steps * self.global_batch / elapsed, 3) if steps else None,
+            train_time_s=round(self.train_time, 3),
             **fields,
         )
         write_json_atomic(self.run_dir / "run.json", self.record)
@@ -413,9 +427,15 @@ class Trainer:
             moved[key] = value
         return moved
 
-    def _train_step(self, batches, metrics_sum: dict[str, torch.Tensor]) -> tuple[float, bool]:
-        """Forward and backward over the accumulated micro-batches; returns (loss, stop requested)
-        after the step's one host sync."""
+    def _over_budget(self, extra_s: float = 0.0) -> bool:
+        budget = self.options.time_budget_s
+        return budget is not None and self.train_time + extra_s >= budget
+
+    def _train_step(
+        self, batches, metrics_sum: dict[str, torch.Tensor], step_start: float
+    ) -> tuple[float, bool, bool]:
+        """Forward and backward over the accumulated micro-batches; returns (loss, stop requested,
+        time budget spent) after the step's one host sync (rank 0's clock decides the budget)."""
         accumulate = self.tcfg.gradient_accumulate_every
         step_loss = torch.zeros((), device=self.env.device)
         for micro in range(accumulate):
@@ -436,14 +456,16 @@ class Trainer:
             for key, value in parts.items():
                 metrics_sum[key] = metrics_sum.get(key, 0.0) + value.detach().float() / accumulate
         self.consumed += self.tcfg.batch_size * self.env.world_size * accumulate
-        status = torch.stack(
-            [step_loss, torch.tensor(float(self.stop.signal is not None), device=step_loss.device)]
+        over_budget = self.env.is_main and self._over_budget(time.perf_counter() - step_start)
+        flags = torch.tensor(
+            [float(self.stop.signal is not None), float(over_budget)], device=step_loss.device
         )
+        status = torch.cat([step_loss[None], flags])
         if self.env.active:
             dist.all_reduce(status)
             status[0] /= self.env.world_size
-        loss_value, stop_flag = status.tolist()
-        return loss_value, stop_flag > 0
+        loss_value, stop_flag, budget_flag = status.tolist()
+        return loss_value, stop_flag > 0, budget_flag > 0
 
     def run(self) -> int:
         """Train to train_num_steps; returns the exit code (0, 130/143 after a signal, 3 on a stopped NaN)."""
@@ -495,10 +517,12 @@ class Trainer:
         window_losses: list[float] = []
         window_start, window_steps, skipped = time.perf_counter(), 0, 0
         last_saved = self.step if self.resumed else None
+        budget_spent = self._over_budget()  # a resumed run that had used its budget already
         try:
-            while self.step < total:
+            while self.step < total and not budget_spent:
+                step_start = time.perf_counter()
                 self.optimizer.zero_grad(set_to_none=True)
-                loss_value, stop_requested = self._train_step(batches, metrics_sum)
+                loss_value, stop_requested, budget_spent = self._train_step(batches, metrics_sum, step_start)
                 lr = self.optimizer.param_groups[0]["lr"]
                 if not math.isfinite(loss_value):
                     self.optimizer.zero_grad(set_to_none=True)
@@ -522,6 +546,8 @@ class Trainer:
                 self.scheduler.step()
                 self.step += 1
                 self.ema.update(self.step)
+                self.train_time += time.perf_counter() - step_start
+                last_step = self.step == total or budget_spent
                 window_steps += 1
                 elapsed = time.perf_counter() - window_start
                 samples_per_s = window_steps * self.global_batch / elapsed
@@ -530,11 +556,12 @@ class Trainer:
                     loss=f"{loss_value:.4f}", lr=f"{lr:.3g}", samples_s=f"{samples_per_s:.1f}", refresh=False
                 )
 
-                if env.is_main and (self.step % tcfg.log_every == 0 or self.step == total or self.step == 1):
+                if env.is_main and (self.step % tcfg.log_every == 0 or last_step or self.step == 1):
                     metrics = {k: v.item() / window_steps for k, v in metrics_sum.items()}
                     if window_losses:
                         metrics["loss"] = sum(window_losses) / len(window_losses)
                     metrics.update(lr=lr, samples_per_s=samples_per_s, steps_per_s=window_steps / elapsed)
+                    metrics["train_time_s"] = self.train_time
                     self.logger.log(self.step, metrics)
                     self._update_record()
                 if self.step % tcfg.log_every == 0 or self.step == 1:
@@ -545,13 +572,21 @@ class Trainer:
                     self.save(self.step, self.consumed)
                     signum = self.stop.signal or signal.SIGTERM  # another rank got the signal
                     return "interrupted", EXIT_SIGNAL[signum]
-                if self.step % tcfg.save_every == 0 or self.step == total:
+                if self.step % tcfg.save_every == 0 or last_step:
                     self.save(self.step, self.consumed)
                     last_saved = self.step
                     if env.is_main:
                         self._sample_grid(self.step)
             if last_saved != self.step:  # resumed at the end already
                 self.save(self.step, self.consumed)
+            if budget_spent:
+                log.info(
+                    "time budget of %.0f s spent: stopped after step %d (%.1f s of training)",
+                    self.options.time_budget_s,
+                    self.step,
+                    self.train_time,
+                )
+            self.record["stop_reason"] = "time_budget" if budget_spent else "steps"
             return "completed", 0
         finally:
             progress.close()

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The recipe of irt4's default model (issue 9): the `small` preset's VAE, then its latent diffusion model,
+# and beside them the RadioUNet-style baseline regressor with the same compute budget (the same wall-clock
+# window on the same device), all on the generated set datasets/synth-irt4-train.
+#
+#   scripts/train-default-model.sh RUN_DIR
+#
+# Environment (defaults in brackets): PY [python3], DEVICE [cuda], DATA [datasets/synth-irt4-train],
+# VAE_SECONDS [60], LDM_SECONDS [150], WORKERS [2]. The baseline trains for VAE_SECONDS + LDM_SECONDS,
+# side by side with the two diffusion stages. Each stage is an ordinary `irt4-train` run: rerun a
+# stage with --resume to continue it. At the end the EMA weights are written as fp16 bundles:
+# RUN_DIR/default-small.safetensors and RUN_DIR/baseline-small.safetensors.
+set -u
+RUN=${1:?usage: scripts/train-default-model.sh RUN_DIR}
+PY=${PY:-python3}
+DEVICE=${DEVICE:-cuda}
+DATA=${DATA:-datasets/synth-irt4-train}
+VAE_SECONDS=${VAE_SECONDS:-60}
+LDM_SECONDS=${LDM_SECONDS:-150}
+WORKERS=${WORKERS:-2}
+STEPS=1000000 # the time budget ends each run; the step count only has to be out of reach
+mkdir -p "$RUN"
+COMMON=(--config small --data "$DATA" --device "$DEVICE" --workers "$WORKERS" --no-tensorboard
+    --set data.augment=dihedral --steps "$STEPS")
+
+diffusion() {
+    "$PY" -m irt4.cli.train vae "${COMMON[@]}" --out "$RUN/vae" --time-budget "$VAE_SECONDS" \
+        --set vae_trainer.batch_size=16 --set vae_trainer.save_every=500 &&
+        "$PY" -m irt4.cli.train ldm "${COMMON[@]}" --out "$RUN/ldm" --vae "$RUN/vae/last.pt" --cache-latents \
+            --time-budget "$LDM_SECONDS" --set trainer.batch_size=32 --set trainer.save_every=1000
+}
+
+baseline() {
+    "$PY" -m irt4.cli.train baseline "${COMMON[@]}" --out "$RUN/baseline" \
+        --time-budget "$((VAE_SECONDS + LDM_SECONDS))" --set trainer.batch_size=32 --set trainer.save_every=1000
+}
+
+diffusion >"$RUN/diffusion.log" 2>&1 &
+diffusion_pid=$!
+baseline >"$RUN/baseline.log" 2>&1 &
+baseline_pid=$!
+wait "$diffusion_pid"
+diffusion_rc=$?
+wait "$baseline_pid"
+baseline_rc=$?
+echo "diffusion exit $diffusion_rc, baseline exit $baseline_rc"
+
+# fp16 bundles of the EMA weights (the shipped files); fp32 stays in the checkpoints
+"$PY" - "$RUN" <<'PYEOF' || diffusion_rc=1
+import sys
+from pathlib import Path
+
+import torch
+
+from irt4.baseline.bundle import load_baseline, save_baseline
+from irt4.models.bundle import load_model, save_bundle
+
+run = Path(sys.argv[1])
+if (run / "ldm/last.pt").exists():
+    model, _ = load_model(run / "ldm/last.pt")
+    save_bundle(run / "default-small.safetensors", model, weights="ema", dtype=torch.float16)
+    print("wrote", run / "default-small.safetensors")
+if (run / "baseline/last.pt").exists():
+    model, _ = load_baseline(run / "baseline/last.pt")
+    save_baseline(run / "baseline-small.safetensors", model, weights="ema", dtype=torch.float16)
+    print("wrote", run / "baseline-small.safetensors")
+PYEOF
+exit $((diffusion_rc || baseline_rc))
