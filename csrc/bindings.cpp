@@ -6,6 +6,7 @@
 #include <sstream>
 #include <string>
 
+#include "engine.h"
 #include "sampler.h"
 
 namespace py = pybind11;
@@ -80,6 +81,39 @@ bool with_cuda() {
 #endif
 }
 
+bool with_tensorrt() {
+#ifdef IRT4_WITH_TENSORRT
+  return true;
+#else
+  return false;
+#endif
+}
+
+// The three networks of an engine directory, in GraphSpec order: cond_encoder, unet_step, vae_decoder.
+std::unique_ptr<irt4::Engine> make_aoti_engine(const std::string& cond_encoder, const std::string& unet_step,
+                                               const std::string& vae_decoder) {
+  return std::make_unique<irt4::Engine>(std::make_unique<irt4::AotiNetwork>(cond_encoder),
+                                        irt4::Denoiser(std::make_unique<irt4::AotiNetwork>(unet_step)),
+                                        std::make_unique<irt4::AotiNetwork>(vae_decoder));
+}
+
+#ifdef IRT4_WITH_TENSORRT
+using Names = std::vector<std::string>;
+
+// plans: the three .plan files; inputs/outputs: each graph's tensor names, from its GraphSpec.
+std::unique_ptr<irt4::Engine> make_tensorrt_engine(const std::vector<std::string>& plans,
+                                                   const std::vector<Names>& inputs,
+                                                   const std::vector<Names>& outputs, int device) {
+  if (plans.size() != 3 || inputs.size() != 3 || outputs.size() != 3) {
+    throw py::value_error("a TensorRT engine needs 3 plans with their input and output names");
+  }
+  return std::make_unique<irt4::Engine>(
+      irt4::make_tensorrt_network(plans[0], inputs[0], outputs[0], device),
+      irt4::Denoiser(irt4::make_tensorrt_network(plans[1], inputs[1], outputs[1], device)),
+      irt4::make_tensorrt_network(plans[2], inputs[2], outputs[2], device));
+}
+#endif
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -90,5 +124,22 @@ PYBIND11_MODULE(_C, m) {
         py::arg("s"), py::arg("z"), py::arg("stream") = 0,
         "One sampler step from t to t - s on contiguous float32 tensors; stream is a cudaStream_t for CUDA inputs");
   m.def("with_cuda", &with_cuda, "Whether the CUDA kernels were compiled in");
+  m.def("with_tensorrt", &with_tensorrt, "Whether the TensorRT networks were compiled in");
   m.attr("torch_version") = TORCH_VERSION;
+
+  py::class_<irt4::Engine>(m, "Engine",
+                           "The C++ sampling loop over three compiled networks; build it with aoti_engine or "
+                           "tensorrt_engine")
+      .def("sample_latents", &irt4::Engine::sample_latents, py::arg("cond"), py::arg("initial"),
+           py::arg("step_noise"), py::arg("steps"), py::arg("eps"), py::arg("denoise"), py::arg("stream") = 0,
+           py::call_guard<py::gil_scoped_release>(),
+           "cond, initial x and every step's z (float32, contiguous, one device) -> scaled latents at t = 0")
+      .def("decode", &irt4::Engine::decode, py::arg("latents"), py::arg("stream") = 0,
+           py::call_guard<py::gil_scoped_release>(), "scaled latents -> radio maps in [0, 1] (B, 1, H, W)");
+  m.def("aoti_engine", &make_aoti_engine, py::arg("cond_encoder"), py::arg("unet_step"), py::arg("vae_decoder"),
+        "An Engine over three AOTInductor packages (.pt2)");
+#ifdef IRT4_WITH_TENSORRT
+  m.def("tensorrt_engine", &make_tensorrt_engine, py::arg("plans"), py::arg("inputs"), py::arg("outputs"),
+        py::arg("device"), "An Engine over three TensorRT plans");
+#endif
 }

@@ -6,3 +6,12 @@ try:
     __version__ = version("irt4")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
+
+
+def __getattr__(name: str):
+    # irt4.Engine is imported on first use, so `import irt4` stays cheap
+    if name == "Engine":
+        from irt4.engine.runtime import Engine
+
+        return Engine
+    raise AttributeError(f"module 'irt4' has no attribute {name!r}")

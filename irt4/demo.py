@@ -1,7 +1,11 @@
-"""`make demo`: procedural city maps in, radio maps out, end to end on the CPU.
+"""`make demo`: the default model turns the committed test maps into radio maps, scored against ray tracing.
 
-Until the trained default model ships (issue 9), this runs the `small` preset with random
-weights: the maps it writes show the pipeline working, not a trained prediction, and it says so.
+The default model (`irt4/assets/default-small.safetensors`, the `small` preset, see
+irt4/assets/README.md) samples every (map, transmitter) pair of the held-out test set
+`tests/data/synth-irt4` (ray-traced with another seed than the training maps) with 50 steps on the
+CPU. Beside it, on the same pairs and with the same metrics: the RadioUNet-style regressor trained
+with the same budget (`baseline-small.safetensors`) and a free-space map masked by line of sight.
+Everything goes to demo-out/: each model's PNG maps and metrics, and preview.png.
 """
 
 from __future__ import annotations
@@ -13,73 +17,171 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
 
-from irt4.config import load_config
-from irt4.data.city import random_city, random_transmitter, transmitter_image
-from irt4.data.condition import condition_tensor
+from irt4.baseline import free_space, load_baseline, transmitter_rowcol
+from irt4.data.pngio import MAP_SIZE, read_grey
+from irt4.data.radiomapseer import RadioMapSeer
 from irt4.errors import InputError
-from irt4.models.layers import fold_weight_standardization
-from irt4.models.radiodiff import RadioDiff
-from irt4.train.logs import save_sample_grid
+from irt4.infer import (
+    DatasetPairs,
+    InferenceOptions,
+    InferenceResult,
+    run_inference,
+    score_pairs,
+    write_metrics,
+    write_png,
+)
+from irt4.models.bundle import load_model
 
-DISK_SIZE = 256  # RadioMapSeer maps are 256 x 256 px
+ASSETS = Path(__file__).resolve().parent / "assets"
+DEFAULT_MODEL = ASSETS / "default-small.safetensors"
+BASELINE_MODEL = ASSETS / "baseline-small.safetensors"
+TEST_DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "synth-irt4"
+SHOWN = ("rmse_raw", "ssim_raw", "psnr_raw", "rmse_thr", "ssim_thr", "rmse_db")
+PREVIEW_ROWS = 4
 
 
-def to_grey_png(values: np.ndarray, path: Path) -> None:
-    """[0, 1] map -> 8-bit grey PNG (RadioMapSeer's gain encoding)."""
-    Image.fromarray(np.round(np.clip(values, 0, 1) * 255).astype(np.uint8), mode="L").save(path)
+def _pairs(data: Path, image_size: int, limit: int | None) -> DatasetPairs:
+    source = DatasetPairs(RadioMapSeer(data, split="all", image_size=image_size))
+    if limit is not None:
+        source.pairs = source.pairs[:limit]
+    return source
 
 
-def run(config: str, maps: int, steps: int, seed: int, out: Path) -> None:
-    cfg = load_config(config)
-    torch.manual_seed(seed)
-    model = RadioDiff(cfg).eval()
-    fold_weight_standardization(model.unet)
-    print(
-        f"irt4 demo: preset {cfg.name!r} with RANDOM weights (the trained default model comes with issue 9)"
+def _options(out: Path, args) -> InferenceOptions:
+    return InferenceOptions(
+        out=out, batch_size=args.batch_size, steps=args.steps, seed=args.seed, device="cpu", overwrite=True
     )
-    print(f"device cpu, fp32, batch {maps}, {steps} sampling steps, backend torch (eager)")
 
-    rng = np.random.default_rng(seed)
-    cities = [random_city(DISK_SIZE, rng) for _ in range(maps)]
-    sites = [random_transmitter(b, rng) for b in cities]
-    cond = torch.stack(
-        [
-            condition_tensor(b, transmitter_image(b.shape, *site), cfg.image_size)
-            for b, site in zip(cities, sites)
-        ]
-    )
 
+def _protocol(args, cfg) -> dict:
+    return {
+        "data": str(args.data),
+        "scales": "raw = gain/255; thr = clip((x - 0.2)/0.8, 0, 1); rmse_db through gain_db_range",
+        "gain_db_range": list(cfg.data.gain_db_range),
+        "steps": args.steps,
+        "seed": args.seed,
+    }
+
+
+def run_free_space(source: DatasetPairs, options: InferenceOptions, db_range) -> InferenceResult:
+    """The free-space reference, written and scored exactly like the models."""
+    options.out.mkdir(parents=True, exist_ok=True)
+    result = InferenceResult()
     start = time.perf_counter()
-    predicted = model.sample(cond, steps=steps, generator=torch.Generator().manual_seed(seed))
-    elapsed = time.perf_counter() - start
-    # back to the on-disk resolution, in the [0, 1] grey domain (contracts.md: "Metrics details")
-    predicted = F.interpolate(predicted, size=(DISK_SIZE, DISK_SIZE), mode="bilinear", antialias=True)
-    predicted = predicted[:, 0].clamp(0, 1).numpy()
+    for index, pair in enumerate(source.pairs):
+        item = source.load(index)
+        grey = free_space(
+            item.buildings.float(), transmitter_rowcol(item.cond[None]), MAP_SIZE, db_range=db_range
+        )
+        write_png(options.out / f"{pair.name}.png", np.round(grey[0, 0].numpy() * 255).astype(np.uint8))
+        result.written += 1
+    result.seconds = time.perf_counter() - start
+    score_pairs(source, list(range(len(source.pairs))), options, db_range, result)
+    return result
 
-    out.mkdir(parents=True, exist_ok=True)
-    for i, (city, radio) in enumerate(zip(cities, predicted)):
-        to_grey_png(city, out / f"{i}_buildings.png")
-        to_grey_png(radio, out / f"{i}_radio.png")
-    save_sample_grid(out / "preview.png", torch.from_numpy(predicted)[:, None], cond=cond)
-    print(f"wrote {maps} radio maps and preview.png to {out}/")
-    print(f"{maps / elapsed:.2f} maps/s ({elapsed:.1f} s for {maps} maps)")
+
+def comparison_table(results: dict[str, InferenceResult]) -> str:
+    """One line per model: the headline metrics (mean over maps) and maps/s."""
+    header = f"{'model':<28}" + "".join(f"{name:>10}" for name in SHOWN) + f"{'maps/s':>9}"
+    lines = [header, "-" * len(header)]
+    for label, result in results.items():
+        values = "".join(f"{result.summary[name][0]:>10.4f}" for name in SHOWN)
+        lines.append(f"{label:<28}{values}{result.maps_per_s:>9.2f}")
+    return "\n".join(lines)
+
+
+def write_preview(source: DatasetPairs, folders: dict[str, Path], path: Path, rows: int) -> None:
+    """preview.png: buildings + transmitter, each model's map, and the ray-traced ground truth."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = min(rows, len(source.pairs))
+    columns = ["buildings + Tx", *folders, "ray-traced (truth)"]
+    figure, axes = plt.subplots(rows, len(columns), figsize=(2.2 * len(columns), 2.2 * rows), squeeze=False)
+    for row in range(rows):
+        pair, item = source.pairs[row], source.load(row)
+        tx = transmitter_rowcol(item.cond[None])[0]
+        images = [item.buildings.numpy()]
+        images += [read_grey(folder / f"{pair.name}.png") / 255.0 for folder in folders.values()]
+        images.append(item.gain.numpy())
+        for column, (axis, image) in enumerate(zip(axes[row], images)):
+            axis.imshow(image, cmap="gray" if column == 0 else "viridis", vmin=0, vmax=1)
+            if column == 0:
+                axis.plot(float(tx[1]), float(tx[0]), "o", mfc="none", mec="red", ms=6)
+                axis.set_ylabel(pair.name, fontsize=8)
+            if row == 0:
+                axis.set_title(columns[column], fontsize=8)
+            axis.set_xticks([])
+            axis.set_yticks([])
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def run(args) -> None:
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    model, info = load_model(args.model)
+    cfg = model.cfg
+    source = _pairs(args.data, cfg.image_size, args.maps)
+    print(
+        f"irt4 demo: {len(source.pairs)} (map, transmitter) pairs of {args.data} (held out from training)\n"
+        f"default model: {args.model.name} (preset {cfg.name!r}, {info['weights']} weights), "
+        f"CPU, fp32, batch {args.batch_size}, {args.steps} sampling steps, backend torch (eager)"
+    )
+    results: dict[str, InferenceResult] = {}
+    folders: dict[str, Path] = {}
+
+    out = args.out / "diffusion"
+    results[f"diffusion ({cfg.name}, {args.steps} steps)"] = run_inference(model, source, _options(out, args))
+    write_metrics(results[next(reversed(results))], _options(out, args), _protocol(args, cfg))
+    folders["irt4 diffusion"] = out
+
+    if args.baseline is not None:
+        regressor, _ = load_baseline(args.baseline)
+        out = args.out / "baseline"
+        results["RadioUNet-style regressor"] = run_inference(regressor, source, _options(out, args))
+        write_metrics(results["RadioUNet-style regressor"], _options(out, args), _protocol(args, cfg))
+        folders["regressor"] = out
+
+    out = args.out / "free-space"
+    results["free space, LoS-masked"] = run_free_space(source, _options(out, args), cfg.data.gain_db_range)
+    write_metrics(results["free space, LoS-masked"], _options(out, args), _protocol(args, cfg))
+    folders["free space"] = out
+
+    write_preview(source, folders, args.out / "preview.png", PREVIEW_ROWS)
+    print()
+    print(comparison_table(results))
+    print(
+        f"\nmeans over {len(source.pairs)} maps, scored from the written 8-bit PNGs at 256 x 256 "
+        f"(raw: gain/255; thr: RadioUNet's threshold scale; rmse_db in dB)"
+    )
+    print(f"wrote maps, metrics (metrics.csv/json per model) and preview.png to {args.out}/")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m irt4.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="small", help="preset or YAML config (default: small)")
-    parser.add_argument("--maps", type=int, default=4, help="number of city maps to generate (default: 4)")
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="diffusion bundle or checkpoint")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=BASELINE_MODEL,
+        help="regressor bundle to compare with (default: the shipped one)",
+    )
+    parser.add_argument("--no-baseline", dest="baseline", action="store_const", const=None)
+    parser.add_argument("--data", type=Path, default=TEST_DATA, help="RadioMapSeer-layout test set")
+    parser.add_argument("--maps", type=int, default=None, help="only the first N pairs (default: all)")
     parser.add_argument("--steps", type=int, default=50, help="sampling steps (default: 50)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for cities, weights and sampler noise")
+    parser.add_argument("--batch-size", type=int, default=12, help="pairs sampled together (default: 12)")
+    parser.add_argument("--seed", type=int, default=0, help="sampler seed (default: 0)")
     parser.add_argument(
         "--out", type=Path, default=Path("demo-out"), help="output folder (default: demo-out)"
     )
     args = parser.parse_args(argv)
     try:
-        run(args.config, args.maps, args.steps, args.seed, args.out)
+        run(args)
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

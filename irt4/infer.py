@@ -38,6 +38,8 @@ log = logging.getLogger("irt4")
 
 PREVIEW_PAIRS = 8
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+TORCH_BACKENDS = ("torch", "torch-compile")
+ENGINE_BACKENDS = ("onnxruntime", "tensorrt", "aoti")  # run an engine directory (--engine)
 
 
 @dataclass
@@ -155,6 +157,7 @@ class InferenceOptions:
     precision: str = "fp32"
     device: str = "cpu"
     backend: str = "torch"
+    engine: Path | None = None  # the engine directory of the engine backends
     shard: tuple[int, int] = (0, 1)
     save_db: bool = False
     overwrite: bool = False
@@ -191,8 +194,9 @@ def shard_indices(count: int, shard: tuple[int, int]) -> list[int]:
     return list(range(index, count, shards))
 
 
-def pair_noise(model: RadioDiff, pairs: list[Pair], steps: int, seed: int) -> SamplerNoise:
-    """The sampler noise of each pair from its own generator, stacked into a batch."""
+def pair_noise(model, pairs: list[Pair], steps: int, seed: int) -> SamplerNoise:
+    """The sampler noise of each pair from its own generator, stacked into a batch. `model`: anything
+    with the model's `cfg` and `latent_shape` (a RadioDiff, an engine sampler)."""
     draws = []
     for pair in pairs:
         pair_seed = int(np.random.SeedSequence([seed, pair.map_id, pair.tx_index]).generate_state(1)[0])
@@ -214,9 +218,10 @@ class Sampler:
     def __init__(self, model: RadioDiff, options: InferenceOptions):
         if options.precision not in PRECISIONS:
             raise InputError(f"--precision must be one of {list(PRECISIONS)}, got {options.precision!r}")
-        if options.backend not in ("torch", "torch-compile"):
+        if options.backend not in TORCH_BACKENDS:
             raise InputError(f"--backend must be torch or torch-compile, got {options.backend!r}")
         self.model, self.options = model, options
+        self.cfg, self.latent_shape = model.cfg, model.latent_shape
         self.unet = model.unet
         self.dtype = PRECISIONS[options.precision]
         fold_weight_standardization(self.unet, self.dtype)  # once, not at every one of the N + 1 calls
@@ -238,25 +243,83 @@ class Sampler:
                 noise=noise,
             )
             maps = self.model.decode_latents(latents.float())
-        # back to the disk grid in the [0, 1] grey domain (contracts.md: "Metrics details")
-        if maps.shape[-1] != MAP_SIZE:
-            maps = F.interpolate(maps.float(), size=(MAP_SIZE, MAP_SIZE), mode="bilinear", antialias=True)
-        return maps[:, 0].float().clamp(0, 1).cpu()
+        return _on_disk_grid(maps)
 
 
-def _write_png(path: Path, values: np.ndarray) -> None:
+class EngineSampler:
+    """The engine backends (onnxruntime, tensorrt, aoti): an engine directory of irt4-build-engine,
+    run by `irt4.engine.runtime.Engine` on the device and in the precision it was built for."""
+
+    def __init__(self, options: InferenceOptions):
+        from irt4.engine.runtime import Engine
+
+        if options.engine is None:
+            raise InputError(
+                f"--backend {options.backend} needs --engine ENGINE_DIR (made by irt4-build-engine)"
+            )
+        self.engine = Engine.load(options.engine, options.backend)
+        self.cfg, self.latent_shape = self.engine.cfg, self.engine.latent_shape
+
+    def __call__(self, cond: torch.Tensor, noise: SamplerNoise) -> torch.Tensor:
+        return _on_disk_grid(self.engine.sample(cond, noise))
+
+
+class RegressorSampler:
+    """A one-pass regressor (irt4.baseline's RadioUNet-style UNet): no latent, no noise, one call."""
+
+    latent_shape = None
+
+    def __init__(self, model, options: InferenceOptions):
+        if options.backend not in TORCH_BACKENDS:
+            raise InputError(f"a baseline regressor runs on the torch backends, not {options.backend!r}")
+        self.model, self.options, self.cfg = model, options, model.cfg
+        self.dtype = PRECISIONS[options.precision]
+
+    @torch.no_grad()
+    def __call__(self, cond: torch.Tensor, noise: SamplerNoise | None) -> torch.Tensor:
+        from irt4.baseline import predict
+
+        device = torch.device(self.options.device)
+        with torch.autocast(device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            return _on_disk_grid(predict(self.model, cond.to(device)).float())
+
+
+def _on_disk_grid(maps: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) maps -> (B, 256, 256) on the CPU: back to the disk grid in the [0, 1] grey domain
+    (contracts.md: "Metrics details")."""
+    if maps.shape[-1] != MAP_SIZE:
+        maps = F.interpolate(maps.float(), size=(MAP_SIZE, MAP_SIZE), mode="bilinear", antialias=True)
+    return maps[:, 0].float().clamp(0, 1).cpu()
+
+
+def write_png(path: Path, values: np.ndarray) -> None:
     tmp = path.with_name(path.name + ".tmp.png")
     Image.fromarray(values, mode="L").save(tmp)
     tmp.replace(path)  # a crash never leaves a half-written PNG under the final name
 
 
-def run_inference(model: RadioDiff, source, options: InferenceOptions) -> InferenceResult:
-    """Sample every pair of this shard that has no output yet, write PNGs (and dB arrays), score."""
+def make_sampler(model, options: InferenceOptions) -> Sampler | EngineSampler | RegressorSampler:
+    """The sampler of `options.backend`: the model's (torch backends) or an engine directory's."""
+    if options.backend in ENGINE_BACKENDS:
+        return EngineSampler(options)
+    from irt4.baseline import RadioUNetRegressor
+
+    if isinstance(model, RadioUNetRegressor):
+        return RegressorSampler(model, options)
+    if model is None:
+        raise InputError(f"--backend {options.backend} needs --checkpoint")
+    return Sampler(model, options)
+
+
+def run_inference(model, source, options: InferenceOptions) -> InferenceResult:
+    """Sample every pair of this shard that has no output yet, write PNGs (and dB arrays), score.
+    `model`: a RadioDiff, an irt4.baseline regressor, or None for the engine backends (they carry
+    their own config)."""
     from tqdm import tqdm
 
     options.out.mkdir(parents=True, exist_ok=True)
-    sampler = Sampler(model, options)
-    db_low, db_high = model.cfg.data.gain_db_range
+    sampler = make_sampler(model, options)
+    db_low, db_high = sampler.cfg.data.gain_db_range
     indices = shard_indices(len(source.pairs), options.shard)
     todo = [
         i for i in indices if options.overwrite or not (options.out / f"{source.pairs[i].name}.png").exists()
@@ -267,12 +330,13 @@ def run_inference(model: RadioDiff, source, options: InferenceOptions) -> Infere
         inputs = [source.load(i) for i in batch]
         pairs = [source.pairs[i] for i in batch]
         start = time.perf_counter()
-        maps = sampler(
-            torch.stack([x.cond for x in inputs]), pair_noise(model, pairs, options.steps, options.seed)
+        noise = (
+            None if sampler.latent_shape is None else pair_noise(sampler, pairs, options.steps, options.seed)
         )
+        maps = sampler(torch.stack([x.cond for x in inputs]), noise)
         result.seconds += time.perf_counter() - start
         for pair, radio in zip(pairs, maps):
-            _write_png(options.out / f"{pair.name}.png", np.round(radio.numpy() * 255).astype(np.uint8))
+            write_png(options.out / f"{pair.name}.png", np.round(radio.numpy() * 255).astype(np.uint8))
             if options.save_db:
                 np.save(
                     options.out / f"{pair.name}.npy",
@@ -283,7 +347,7 @@ def run_inference(model: RadioDiff, source, options: InferenceOptions) -> Infere
         bar.set_postfix(maps_per_s=f"{result.maps_per_s:.2f}")
     bar.close()
     _write_preview(source, indices[:PREVIEW_PAIRS], options.out)
-    _score(source, indices, options, model.cfg.data.gain_db_range, result)
+    score_pairs(source, indices, options, sampler.cfg.data.gain_db_range, result)
     return result
 
 
@@ -304,7 +368,9 @@ def _write_preview(source, indices: list[int], out: Path) -> None:
     save_sample_grid(out / "preview.png", predicted, target, torch.stack([x.cond for x in inputs]))
 
 
-def _score(source, indices: list[int], options: InferenceOptions, db_range, result: InferenceResult) -> None:
+def score_pairs(
+    source, indices: list[int], options: InferenceOptions, db_range, result: InferenceResult
+) -> None:
     """Metrics of every pair of this shard that has ground truth, from the PNGs on disk."""
     for i in indices:
         pair = source.pairs[i]

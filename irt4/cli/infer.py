@@ -15,6 +15,7 @@ EPILOG = """examples:
   irt4-infer --checkpoint runs/ldm/last.pt --data RadioMapSeer --split test --out out/
   irt4-infer --checkpoint model.safetensors --maps city_maps/ --tx tx.csv --out out/ --save-db
   irt4-infer ... --shard 0/2   and   irt4-infer ... --shard 1/2   (two processes, disjoint pairs)
+  irt4-infer --backend aoti --engine engine/ --data RadioMapSeer --out out/   (engine of irt4-build-engine)
 
 Outputs: OUT/{map}_{tx}.png (256x256, RadioMapSeer grey encoding), OUT/{map}_{tx}.npy with --save-db
 (pathloss in dB), OUT/preview.png, and with ground truth OUT/metrics.csv + OUT/metrics.json.
@@ -31,9 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--checkpoint",
-        required=True,
         type=Path,
-        help="an irt4 diffusion checkpoint (.pt) or model bundle (.safetensors)",
+        help="an irt4 checkpoint (.pt) or model bundle (.safetensors) for the torch backends: a diffusion "
+        "model, or a baseline regressor of `irt4-train baseline` (one pass, no sampler)",
     )
     source = parser.add_argument_group("inputs (one of)")
     source.add_argument("--data", type=Path, help="a RadioMapSeer-layout root (ground truth gives metrics)")
@@ -87,8 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--backend",
         default="torch",
-        choices=["torch", "torch-compile"],
-        help="sampler backend (default: torch, eager)",
+        choices=["torch", "torch-compile", "onnxruntime", "tensorrt", "aoti"],
+        help="sampler backend (default: torch, eager); onnxruntime, tensorrt and aoti run --engine",
+    )
+    parser.add_argument(
+        "--engine",
+        type=Path,
+        help="with --backend onnxruntime|tensorrt|aoti: an engine directory made by irt4-build-engine "
+        "(its model, device and precision; --checkpoint, --device and --precision are not used)",
     )
     parser.add_argument(
         "--ema",
@@ -135,15 +142,39 @@ def _source(args, image_size: int):
 
 
 def run(args) -> int:
-    from irt4.infer import InferenceOptions, parse_shard, run_inference, write_metrics
+    from irt4.infer import ENGINE_BACKENDS, InferenceOptions, parse_shard, run_inference, write_metrics
     from irt4.metrics import format_table
-    from irt4.models.bundle import load_model
+    from irt4.models.bundle import checkpoint_kind, load_model
 
     if args.batch_size < 1 or args.steps < 1:
         raise InputError("--batch-size and --steps must be at least 1")
     shard = parse_shard(args.shard)
-    model, info = load_model(args.checkpoint, args.device, use_ema=args.ema)
-    source = _source(args, model.cfg.image_size)
+    if args.backend in ENGINE_BACKENDS:
+        from irt4.engine.runtime import engine_config, read_manifest
+
+        if args.engine is None:
+            raise InputError(
+                f"--backend {args.backend} needs --engine ENGINE_DIR (made by irt4-build-engine)"
+            )
+        model, cfg = None, engine_config(args.engine)
+        manifest = read_manifest(args.engine)
+        args.device, args.precision = manifest["device"], manifest["precision"]
+        if args.backend == "onnxruntime":
+            args.device, args.precision = "cpu", "fp32"
+        described = f"engine {args.engine}"
+    else:
+        if args.checkpoint is None:
+            raise InputError(f"--backend {args.backend} needs --checkpoint")
+        if checkpoint_kind(args.checkpoint) == "baseline":
+            from irt4.baseline import load_baseline
+
+            model, info = load_baseline(args.checkpoint, args.device, use_ema=args.ema)
+            described = f"baseline regressor, {info['weights']} weights, one pass (--steps unused)"
+        else:
+            model, info = load_model(args.checkpoint, args.device, use_ema=args.ema)
+            described = f"{info['weights']} weights"
+        cfg = model.cfg
+    source = _source(args, cfg.image_size)
     if args.limit is not None:
         source.pairs = source.pairs[: args.limit]
     options = InferenceOptions(
@@ -154,6 +185,7 @@ def run(args) -> int:
         precision=args.precision,
         device=args.device,
         backend=args.backend,
+        engine=args.engine,
         shard=shard,
         save_db=args.save_db,
         overwrite=args.overwrite,
@@ -161,8 +193,8 @@ def run(args) -> int:
         progress=not args.quiet,
     )
     print(
-        f"irt4-infer: {len(source.pairs)} pairs (shard {shard[0]}/{shard[1]}), model {model.cfg.name} "
-        f"({info['weights']} weights), device {args.device}, {args.precision}, batch {args.batch_size}, "
+        f"irt4-infer: {len(source.pairs)} pairs (shard {shard[0]}/{shard[1]}), model {cfg.name} "
+        f"({described}), device {args.device}, {args.precision}, batch {args.batch_size}, "
         f"{args.steps} steps, backend {args.backend}"
     )
     result = run_inference(model, source, options)
@@ -172,7 +204,7 @@ def run(args) -> int:
         print(f"skipped {source.skipped} bad inputs (see the warnings above)")
     protocol = {
         "scales": "raw = gain/255; thr = clip((x - 0.2)/0.8, 0, 1); rmse_db through gain_db_range",
-        "gain_db_range": list(model.cfg.data.gain_db_range),
+        "gain_db_range": list(cfg.data.gain_db_range),
         "resize": "predictions resized to 256x256 bilinearly (antialiased) before scoring",
         "split": args.split if args.data else None,
         "steps": args.steps,

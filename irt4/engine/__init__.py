@@ -5,6 +5,10 @@ the failure is logged once, and callers fall back to the pure-PyTorch reference 
 `irt4.diffusion.schedule`. `_C` checks names, dtypes, shapes and devices of its inputs and raises
 TypeError / ValueError naming the offending tensor; this module adds what needs Python: contiguity and
 the current CUDA stream.
+
+The C++ sampling engine (csrc/engine.h) is reached through `cpp_engine`, `engine_sample_latents` and
+`engine_decode`; `irt4.engine.build` writes the engine directories and `irt4.engine.runtime.Engine`
+(exported as `irt4.Engine`) runs them.
 """
 
 from __future__ import annotations
@@ -79,3 +83,53 @@ def sampler_update(
     return extension.sampler_update(
         x.contiguous(), c_pred.contiguous(), noise_pred.contiguous(), t, s, z.contiguous(), stream
     )
+
+
+def built_with_tensorrt() -> bool:
+    """Whether the engine was compiled with its TensorRT networks (False if it is not available at all)."""
+    extension = _load()
+    return extension is not None and extension.with_tensorrt()
+
+
+def cpp_engine(backend: str, paths: list[str], graphs: list[dict] | None = None, device_index: int = 0):
+    """The C++ sampling engine (csrc/engine.h) over three compiled networks in the order cond_encoder,
+    unet_step, vae_decoder: AOTInductor packages (backend "aoti") or TensorRT plans ("tensorrt", with
+    each graph's {"inputs": names, "outputs": names})."""
+    extension = _require()
+    if backend == "aoti":
+        return extension.aoti_engine(*paths)
+    if backend == "tensorrt":
+        if not extension.with_tensorrt():
+            raise RuntimeError(
+                "irt4._C was built without TensorRT (CMake did not find it; see csrc/README.md)"
+            )
+        assert graphs is not None
+        inputs = [g["inputs"] for g in graphs]
+        outputs = [g["outputs"] for g in graphs]
+        return extension.tensorrt_engine(paths, inputs, outputs, device_index)
+    raise ValueError(f"no C++ engine for backend {backend!r}")
+
+
+def _stream(tensor: torch.Tensor) -> int:
+    return torch.cuda.current_stream(tensor.device).cuda_stream if tensor.is_cuda else 0
+
+
+def engine_sample_latents(
+    engine,
+    cond: torch.Tensor,
+    initial: torch.Tensor,
+    step_noise: torch.Tensor,
+    steps: int,
+    eps: float,
+    denoise: bool,
+) -> torch.Tensor:
+    """The whole sampler loop in C++ on the current CUDA stream (for CUDA inputs): float32 tensors on
+    one device; non-contiguous ones are copied first. Returns the scaled latents at t = 0."""
+    return engine.sample_latents(
+        cond.contiguous(), initial.contiguous(), step_noise.contiguous(), steps, eps, denoise, _stream(cond)
+    )
+
+
+def engine_decode(engine, latents: torch.Tensor) -> torch.Tensor:
+    """Scaled latents -> radio maps in [0, 1] (B, 1, H, W) through the engine's VAE decoder."""
+    return engine.decode(latents.contiguous(), _stream(latents))

@@ -131,3 +131,29 @@ def load_model(
         "weights": info.get("weights", "raw"),
         "irt4_version": info.get("irt4_version"),
     }
+
+
+def checkpoint_kind(path: str | Path) -> str:
+    """'baseline' for an irt4.baseline regressor bundle or checkpoint, else 'radiodiff' (whose loader
+    then checks the file properly)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+        except (SafetensorError, OSError, ValueError) as err:
+            raise InputError(f"{path}: not a readable safetensors file ({err})") from err
+        baseline = metadata.get("kind") == "baseline" or metadata.get("format") == BASELINE_BUNDLE_FORMAT
+        return "baseline" if baseline else "radiodiff"
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:
+        raise InputError(f"{path}: not a readable irt4 checkpoint ({err})") from err
+    return (
+        "baseline" if isinstance(checkpoint, dict) and checkpoint.get("stage") == "baseline" else "radiodiff"
+    )
