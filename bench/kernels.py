@@ -43,8 +43,8 @@ class Row:
     dtype: str
     provider: str  # "triton", "eager", "compile"
     mode: str  # "fwd", "fwd+bwd"
-    median_ms: float
-    rate: float  # in rate_unit
+    median_ms: float | None  # None: a skipped row (see `skipped`)
+    rate: float | None  # in rate_unit
     rate_unit: str  # "GB/s" (bytes of the minimal traffic) or "TFLOP/s"
     of_peak: float | None = None  # rate / the measured copy bandwidth (bandwidth-bound kernels only)
     first_call_s: float | None = None  # the warm-up call: compilation (torch.compile, Triton JIT)
@@ -55,6 +55,22 @@ class Row:
     p80_ms: float | None = None
     vs_reference: float | None = None  # the reference path's time / this time (same stage, batch)
     config: dict = field(default_factory=dict)  # batch, steps, preset, errors, FLOPs, memory ...
+    skipped: str | None = None  # why the row has no time (a failure, a time cap, a missing backend)
+
+
+@dataclass
+class Timing:
+    quantiles_ms: tuple[float, float, float]  # p20, p50, p80
+    first_call_s: float
+    runs: int  # timed calls
+    first_output: object  # what the first call returned
+
+
+def quantiles_ms(times: list[float]) -> tuple[float, float, float]:
+    if len(times) < 2:
+        return times[0], times[0], times[0]
+    deciles = statistics.quantiles(times, n=10, method="inclusive")
+    return deciles[1], statistics.median(times), deciles[7]
 
 
 @dataclass
@@ -64,6 +80,8 @@ class Harness:
     repeats: int
     copy_gbps: float = float("nan")
     warmup: int = 3
+    # called with every Row that `record` makes, so a caller keeps the rows of a run cut short
+    on_record: Callable[[Row], None] | None = None
 
     @property
     def run_triton(self) -> bool:
@@ -82,8 +100,29 @@ class Harness:
         first_call_s = time.perf_counter() - start
         for _ in range(self.warmup):
             fn()
+        return quantiles_ms(self.call_times_ms(fn, self.repeats)), first_call_s
+
+    def time_budgeted(self, fn: Callable[[], object], budget_s: float, first_call_may_count: bool) -> Timing:
+        """Time `fn` in about `budget_s` after its first call: as many repeats (up to `repeats`, with up
+        to `warmup` warm-up calls) as fit. Where even one repeat does not fit and the first call is a
+        fair measurement (`first_call_may_count`: eager code, nothing compiled or captured in it), the
+        first call is the one timed run."""
+        start = time.perf_counter()
+        output = fn()
+        self.synchronize()
+        first_call_s = time.perf_counter() - start
+        fit = int(budget_s // max(first_call_s, 1e-9))  # calls of the first call's length in the budget
+        if fit == 0 and first_call_may_count and first_call_s > 2 * budget_s:
+            ms = first_call_s * 1e3
+            return Timing((ms, ms, ms), first_call_s, 1, output)
+        runs = max(min(self.repeats, fit), 1)
+        for _ in range(min(self.warmup, fit - runs)):  # warm-up where the budget has room for it
+            fn()
+        return Timing(quantiles_ms(self.call_times_ms(fn, runs)), first_call_s, runs, output)
+
+    def call_times_ms(self, fn: Callable[[], object], calls: int) -> list[float]:
         times = []
-        for _ in range(self.repeats):
+        for _ in range(calls):
             if self.device.type == "cuda":
                 begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 begin.record()
@@ -95,15 +134,15 @@ class Harness:
                 begin_s = time.perf_counter()
                 fn()
                 times.append((time.perf_counter() - begin_s) * 1e3)
-        if len(times) < 2:
-            return (times[0], times[0], times[0]), first_call_s
-        deciles = statistics.quantiles(times, n=10, method="inclusive")
-        return (deciles[1], statistics.median(times), deciles[7]), first_call_s
+        return times
 
     def record(self, **fields) -> Row:
         """A Row: kernel modules build rows through the harness they are given, without importing
         this script."""
-        return Row(**fields)
+        row = Row(**fields)
+        if self.on_record is not None:
+            self.on_record(row)
+        return row
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":
@@ -126,7 +165,7 @@ def add_ratios(rows: list[Row]) -> None:
     for r in rows:
         for provider, attribute in (("eager", "vs_eager"), ("compile", "vs_compile")):
             other = by_key.get((r.op, r.case, r.dtype, r.mode, provider))
-            if other is not None:
+            if other is not None and other.median_ms and r.median_ms:
                 setattr(r, attribute, other.median_ms / r.median_ms)
 
 

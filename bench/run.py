@@ -1,264 +1,345 @@
-"""Sampling and training speed of irt4's paths against the eager fp32 reference, in one run.
+"""irt4's speed, side by side with the eager fp32 reference, in one run; bench/README.md has the rows.
 
     python -m bench.run [--device cpu|cuda] [--preset small|irt4-radiodiff] [--quick]
-                        [--steps N] [--batches 1,8,32] [--train-batch N] [--repeats N] [--no-compile]
+                        [--only peak,flops,sampling,training,kernels] [--batches 1,8,32] [--out DIR]
 
-Measures, on one model of the preset (random weights: speed does not depend on them):
-- sampling, maps/s of the whole sampler + VAE decode for
-  "reference": the eager fp32 reference sampler (contracts.md "Sampling, noise and backends"):
-               condition network recomputed at every call, weight standardization at every call;
-  "torch":     irt4's PyTorch path: condition hoisted, weight standardization folded once;
-  "compile":   torch.compile of the "torch" path (UNet step and VAE decode);
-  each with the ratio to the reference, the difference of its maps from the reference's for the same
-  noise (draw_sampler_noise: norm-relative and max-abs) and the peak memory (CUDA only);
-- training, samples/s of one AdamW step of the diffusion UNet for
-  "reference": the reference recipe, the frozen VAE encodes the target at every step;
-  "torch-cached": irt4's, the VAE posterior cached once (LDMStage cache_latents);
-- the floor: FLOPs per UNet step and per map (irt4.models.summary.flop_counts, measured with
-  FlopCounterMode), and each row's achieved GFLOP/s.
+Sections, in order (`--only` picks some):
+- peak:     TFLOP/s of a large matrix product (bf16 and fp32), the roofline of every row's TFLOP/s;
+- flops:    FLOPs per map of the condition encoder, one UNet step and the VAE (FlopCounterMode);
+- sampling: maps/s of the whole 50-step sampler + VAE decode of every backend (bench/sampling.py) at
+            each batch, with the ratio to the reference, the maps' difference from the reference's
+            for the same noise, peak memory and achieved TFLOP/s;
+- training: samples/s of one AdamW step (bench/training.py);
+- kernels:  the Triton kernels against PyTorch, SDPA and torch.compile (bench/kernels.py).
 
-Writes bench/results/<date>-<device>.json and regenerates bench/RESULTS.md (one section per device,
-the newest JSON of each). Timing uses bench/kernels.py's Harness (warm-up, repeats, p20/p50/p80; CUDA
-events on a GPU) and its Row record. Timing is never asserted anywhere.
+The result file, <out>/<date>-<device>.json, is rewritten after every row and every section, so a run
+cut short keeps what it measured. Each section has a wall-clock cap (--section-timeout) and each
+compiling row its own (--compile-timeout); a row or section that fails or runs past its cap becomes a
+skipped row with the reason, and the run goes on. With the default --out, bench/RESULTS.md is
+regenerated too (--regenerate alone only regenerates it). Timing is never asserted anywhere.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import json
+import os
+import platform
 import subprocess
 import sys
-from collections.abc import Callable
-from dataclasses import asdict
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 import irt4
-from bench.kernels import Harness, Row, device_description
-from irt4.config import Config, load_config
-from irt4.diffusion.ddm import training_loss
-from irt4.diffusion.sampler import SamplerNoise, draw_sampler_noise, sample_latents
-from irt4.models.layers import fold_weight_standardization, unfold_weight_standardization
+from bench import sampling, training
+from bench.kernels import KERNEL_BENCHMARKS, Harness, Row, add_ratios, device_description
+from bench.measure import (
+    PeakMemory,
+    TimeLimitExceeded,
+    add_reference_ratios,
+    check_deadlines,
+    failure_reason,
+    release_memory,
+    skipped_row,
+    time_limit,
+    timed_row,
+)
+from bench.report import RESULTS_DIR, RESULTS_MD, device_section, regenerate_results_md
+from irt4.config import load_config
+from irt4.models.bundle import save_bundle
 from irt4.models.radiodiff import RadioDiff
 from irt4.models.summary import build_on_meta, flop_counts, sampling_flops
 
-BENCH = Path(__file__).resolve().parent
-RESULTS_DIR = BENCH / "results"
-RESULTS_MD = BENCH / "RESULTS.md"
+SECTIONS = ("peak", "flops", "sampling", "training", "kernels")
 CPU_NOTE = (
     "CPU numbers are noisy: the machine's cores may be shared with other work while this runs; "
     "compare ratios within one run, not absolute times across runs."
 )
+# a first guess of each row's time, printed beside the measurement: FLOPs / (this share of the peak)
+ESTIMATE_EFFICIENCY = 0.35
 
 
-def build_model(cfg: Config, device: torch.device, seed: int = 0) -> RadioDiff:
-    torch.manual_seed(seed)
+@dataclass
+class Settings:
+    device: torch.device
+    preset: str
+    quick: bool
+    steps: int
+    batches: list[int]
+    train_batch: int
+    repeats: int
+    warmup: int
+    row_seconds: float  # timed calls per row: as many as fit in this (after the first call)
+    paths: list[str]  # sampling backends, in order
+    train_paths: list[str]
+    cpu_batches: list[int]  # batches at which the CPU-only backends run when --device is cuda
+    compile_batches: list[int]  # batches at which the compiling backends run
+    compile_timeout: float
+    section_timeouts: dict[str, float]
+    onnx_dir: Path | None = None
+    engine_dir: Path | None = None
+    seed: int = 0
+    # whether an eager row's slow first call may be its one timed run; None: in a GPU run only (in a
+    # CPU run the first call at a shape also builds oneDNN's kernels, and the time is there to repeat)
+    first_call_may_count: bool | None = None
+
+
+@dataclass
+class Run:
+    """One run's result file: saved after every row and every section."""
+
+    meta: dict
+    path: Path
+    notes: list[str] = field(default_factory=list)
+    rows: list[tuple[str, Row]] = field(default_factory=list)  # (stage, row)
+    sections: dict[str, dict] = field(default_factory=dict)
+    peak_tflops: dict[str, float] = field(default_factory=dict)  # by dtype
+    flops_per_map: dict[str, int] = field(default_factory=dict)
+    regenerate_md: bool = False
+
+    @property
+    def roofline_tflops(self) -> float | None:
+        return max(self.peak_tflops.values(), default=None)
+
+    def add(self, row: Row, stage: str | None = None, estimate_s: float | None = None) -> None:
+        self.rows.append((stage or row.op, row))
+        what = f"{stage or row.op} {row.provider} {row.dtype} {row.case} {row.mode}"
+        if row.skipped:
+            print(f"  {what}: skipped: {row.skipped}", flush=True)
+        else:
+            estimate = "" if estimate_s is None else f" (estimate {estimate_s:.3g} s)"
+            print(
+                f"  {what}: {row.median_ms / 1e3:.4g} s{estimate}, {row.rate:.4g} {row.rate_unit}", flush=True
+            )
+        self.save()
+        check_deadlines()  # a section whose cap passed while something swallowed it stops at its next row
+
+    def result(self) -> dict:
+        rows = [r for _, r in self.rows]
+        add_reference_ratios(rows)
+        add_ratios([r for stage, r in self.rows if stage == "kernels"])
+        return {
+            "meta": self.meta,
+            "notes": self.notes,
+            "sections": self.sections,
+            "peak_tflops": self.peak_tflops,
+            "roofline_tflops": self.roofline_tflops,
+            "flops_per_map": self.flops_per_map,
+            "records": [{"stage": stage, **asdict(r), **self.meta} for stage, r in self.rows],
+        }
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(self.result(), indent=1) + "\n")
+        tmp.replace(self.path)
+        if self.regenerate_md:
+            try:
+                regenerate_results_md()
+            except Exception as error:  # another result file that does not render: the run goes on
+                print(f"warning: {RESULTS_MD} not regenerated: {failure_reason(error)}", flush=True)
+
+    @contextlib.contextmanager
+    def section(self, name: str, seconds: float | None) -> Iterator[None]:
+        """Run a section under its cap; a failure or the cap ends it with a skipped row, not the run."""
+        print(f"## {name} (cap {seconds or 'none'} s)", flush=True)
+        self.sections[name] = {"status": "running", "seconds": None}
+        self.save()
+        start = time.monotonic()
+        status = "ok"
+        try:
+            with time_limit(seconds, f"section {name}"):
+                yield
+        except Exception as error:  # one section's failure must not end the run
+            reason = failure_reason(error)
+            over = isinstance(error, TimeLimitExceeded) or (seconds and time.monotonic() - start >= seconds)
+            status = "over its cap" if over else "failed"
+            row = Row(name, "rest of the section", "", "*", "", None, None, "", skipped=reason)
+            self.add(row, stage=name)
+        finally:
+            release_memory_quietly()
+        self.sections[name] = {"status": status, "seconds": time.monotonic() - start}
+        self.save()
+
+
+def release_memory_quietly() -> None:
+    with contextlib.suppress(Exception):
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def build_model(cfg, device: torch.device, seed: int = 0) -> RadioDiff:
+    torch.manual_seed(seed)  # built on the CPU: the same weights whatever the device
     return RadioDiff(cfg).to(device).eval()
 
 
-def _inputs(cfg: Config, batch: int, device: torch.device, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random radio maps and condition images in [-1, 1] (image, cond)."""
-    g = torch.Generator().manual_seed(seed)
-    image = torch.rand(batch, cfg.vae.in_channels, cfg.image_size, cfg.image_size, generator=g) * 2 - 1
-    cond = torch.rand(batch, cfg.swin.in_channels, cfg.image_size, cfg.image_size, generator=g) * 2 - 1
-    return image.to(device), cond.to(device)
-
-
-class _Hoisted:
-    """The sampler's view of the UNet with a (possibly compiled) denoiser."""
-
-    def __init__(self, unet: torch.nn.Module, denoise: Callable):
-        self.encode_condition = unet.encode_condition
-        self.denoise = denoise
-
-
-def _sampler(
-    model: RadioDiff, unet, decode: Callable, cond, noise: SamplerNoise, steps: int, recompute: bool
-):
-    d = model.cfg.diffusion
-
-    def run() -> torch.Tensor:
-        latents = sample_latents(
-            unet,
-            cond,
-            model.latent_shape,
-            steps=steps,
-            eps=d.eps,
-            denoise=d.denoise,
-            noise=noise,
-            recompute_condition=recompute,
-        )
-        return decode(latents)
-
-    return run
-
-
-def _timed(harness: Harness, fn: Callable) -> tuple[tuple[float, float, float], float, float | None]:
-    """(p20, p50, p80) ms, first-call s and the peak memory in MiB (CUDA; None elsewhere)."""
-    cuda = harness.device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats(harness.device)
-    quantiles, first_call_s = harness.time_quantiles_ms(fn)
-    peak = torch.cuda.max_memory_allocated(harness.device) / 2**20 if cuda else None
-    return quantiles, first_call_s, peak
-
-
-def _row(stage, provider, mode, quantiles, first_call_s, items, unit, config) -> Row:
-    p20, p50, p80 = quantiles
-    flops = config.get("flops")
-    if flops is not None:
-        config["gflop_per_s"] = flops / p50 / 1e6
-    return Row(
-        op=stage,
-        case=f"{config['preset']} b{config['batch']}"
-        + (f" {config['steps']} steps" if config.get("steps") else ""),
-        dtype="fp32",
-        provider=provider,
-        mode=mode,
-        median_ms=p50,
-        rate=items / p50 * 1e3,
-        rate_unit=unit,
-        first_call_s=first_call_s,
-        p20_ms=p20,
-        p80_ms=p80,
-        config=config,
+def peak_section(run: Run, s: Settings) -> None:
+    n = 8192 if s.device.type == "cuda" else (1024 if s.quick else 2048)
+    harness = Harness(s.device, s.quick, repeats=10, warmup=2)
+    # CPUs without bf16 matrix units run bf16 products tens of times slower than fp32: fp32 there
+    for dtype in (torch.bfloat16, torch.float32) if s.device.type == "cuda" else (torch.float32,):
+        a = torch.randn(n, n, device=s.device, dtype=dtype)
+        b = torch.randn(n, n, device=s.device, dtype=dtype)
+        timing = harness.time_budgeted(lambda a=a, b=b: a @ b, s.row_seconds, first_call_may_count=False)
+        del a, b
+        config = {"preset": f"matmul {n}^3", "batch": 1, "flops": 2 * n**3}
+        row = timed_row("peak", "matmul", dtype, "fwd", timing, 1, "products/s", config, None)
+        run.peak_tflops[row.dtype] = config["tflop_per_s"]
+        run.add(row)
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    run.notes.append(
+        f"peak: {', '.join(f'{d} {v:.3g}' for d, v in run.peak_tflops.items())} TFLOP/s (fp32 with TF32 "
+        f"{'on' if tf32 else 'off'}); `of peak` is each row's TFLOP/s / the highest of these"
     )
 
 
-def sampling_rows(
-    harness: Harness, model: RadioDiff, batch: int, steps: int, compile_: bool, seed: int = 0
-) -> list[Row]:
-    """The reference, torch and (if `compile_`) compile sampling rows at one batch size."""
+def model_flops(run: Run, cfg) -> dict[str, int]:
+    if not run.flops_per_map:
+        run.flops_per_map = flop_counts(build_on_meta(cfg), 1)
+    return run.flops_per_map
+
+
+def flops_section(run: Run, s: Settings, cfg) -> None:
+    per_map = model_flops(run, cfg)
+    totals = sampling_flops(per_map, s.steps, cfg.diffusion.denoise)
+    run.flops_per_map.update(totals)
+    print("\n".join(f"  {k}: {v / 1e9:.2f} GFLOP" for k, v in run.flops_per_map.items()), flush=True)
+
+
+def _estimate_s(run: Run, flops: int | None, dtype: torch.dtype, on_cpu_anyway: bool) -> float | None:
+    peak = run.peak_tflops.get(str(dtype).removeprefix("torch."))
+    if flops is None or not peak or on_cpu_anyway:
+        return None
+    return flops / (ESTIMATE_EFFICIENCY * peak * 1e12)
+
+
+def sampling_section(run: Run, s: Settings, model: RadioDiff) -> None:
     cfg = model.cfg
-    _, cond = _inputs(cfg, batch, harness.device, seed)
-    noise = draw_sampler_noise(
-        (batch, *model.latent_shape), steps, cfg.diffusion.denoise, torch.Generator().manual_seed(seed)
-    )
-    per_map = flop_counts(build_on_meta(cfg), 1)
-    totals = sampling_flops(per_map, steps, cfg.diffusion.denoise)
-    hoisted_flops, reference_flops = (batch * n for n in totals.values())
-    base = {
-        "preset": cfg.name,
-        "batch": batch,
-        "steps": steps,
-        "unet_step_flops": batch * per_map["UNet step (condition hoisted)"],
-    }
-
-    rows = []
-    unfold_weight_standardization(model.unet)
-    reference = _sampler(model, model.unet, model.decode_latents, cond, noise, steps, recompute=True)
-    expected = reference()
-    timing = _timed(harness, reference)
-    rows.append(
-        _row(
-            "sampling",
-            "reference",
-            "sample",
-            *timing[:2],
-            batch,
-            "maps/s",
-            {**base, "flops": reference_flops, "peak_mib": timing[2]},
+    per_map = model_flops(run, cfg)
+    hoisted, as_reference = sampling_flops(per_map, s.steps, cfg.diffusion.denoise).values()
+    harness = Harness(s.device, s.quick, s.repeats, warmup=s.warmup)
+    cpu_harness = Harness(torch.device("cpu"), s.quick, s.repeats, warmup=s.warmup)  # wall time, no events
+    cache: dict = {}
+    for batch in s.batches:
+        ctx = sampling.sampling_context(
+            model, s.device, batch, s.steps, s.seed, onnx_dir=s.onnx_dir, engine_dir=s.engine_dir, cache=cache
         )
-    )
+        expected = None
+        for name in s.paths:
+            path = sampling.PATHS[name]
+            if path.cpu_only and s.device.type != "cpu" and batch not in s.cpu_batches:
+                continue
+            if path.torch_compile and batch not in s.compile_batches:
+                continue
+            flops = batch * (as_reference if name == "reference" else hoisted)
+            config = {"preset": cfg.name, "batch": batch, "steps": s.steps, "flops": flops}
+            if path.cpu_only and s.device.type != "cpu":
+                config["note"] = "on the CPU"
+            estimate = _estimate_s(run, flops, path.dtype, path.cpu_only and s.device.type != "cpu")
+            row = _measure(
+                cpu_harness if path.cpu_only else harness,
+                s,
+                run,
+                "sampling",
+                name,
+                path.dtype,
+                "sample",
+                lambda path=path, ctx=ctx: path.open(ctx),
+                path.compiles,
+                batch,
+                "maps/s",
+                config,
+                device=torch.device("cpu") if path.cpu_only else s.device,
+            )
+            if row.skipped is None:
+                output = row.config.pop("_output")
+                if name == "reference":
+                    expected = output.detach().float().cpu()
+                elif expected is not None:
+                    row.config.update(sampling.output_difference(output, expected))
+                del output
+            run.add(row, estimate_s=estimate)
+            release_memory(s.device)
 
-    fold_weight_standardization(model.unet)
-    paths = {"torch": _sampler(model, model.unet, model.decode_latents, cond, noise, steps, recompute=False)}
-    if compile_:
-        compiled = _Hoisted(model.unet, torch.compile(model.unet.denoise))
-        paths["compile"] = _sampler(
-            model, compiled, torch.compile(model.decode_latents), cond, noise, steps, False
-        )
+
+def _measure(harness, s, run, stage, name, dtype, mode, open_path, compiles, items, unit, config, device):
+    """One row: open the backend, time it (first call, then what fits in --row-seconds), peak memory.
+    A failure, a missing backend or a compile past --compile-timeout gives a skipped row."""
+    cap = s.compile_timeout + 3 * s.row_seconds if compiles else None
     try:
-        for provider, fn in paths.items():
-            timing = _timed(harness, fn)
-            got = fn()
-            config = {
-                **base,
-                "flops": hoisted_flops,
-                "peak_mib": timing[2],
-                **output_difference(got, expected),
-            }
-            rows.append(_row("sampling", provider, "sample", *timing[:2], batch, "maps/s", config))
-    finally:
-        unfold_weight_standardization(model.unet)
-    add_reference_ratios(rows)
-    return rows
+        with time_limit(cap, f"{stage} {name} b{config['batch']}") as scope:
+            with PeakMemory(device) as memory:
+                start = time.perf_counter()
+                with open_path() as fn:
+                    config["setup_s"] = time.perf_counter() - start
+                    counts = s.first_call_may_count
+                    first_call_counts = not compiles and (
+                        s.device.type == "cuda" if counts is None else counts
+                    )
+                    timing = harness.time_budgeted(fn, s.row_seconds, first_call_may_count=first_call_counts)
+            config["peak_mib"] = memory.mib
+            config["_output"] = timing.first_output
+        return timed_row(stage, name, dtype, mode, timing, items, unit, config, run.roofline_tflops)
+    except TimeLimitExceeded as error:
+        if error.scope is not scope:
+            raise
+        return skipped_row(stage, name, dtype, mode, config, failure_reason(error))
+    except Exception as error:  # recorded, and the next row runs (unless the section's cap has passed)
+        check_deadlines(scope)
+        return skipped_row(stage, name, dtype, mode, config, failure_reason(error))
 
 
-def output_difference(got: torch.Tensor, expected: torch.Tensor) -> dict[str, float]:
-    diff = (got.float() - expected.float()).flatten()
-    return {
-        "rel_err": float(diff.norm() / expected.float().flatten().norm().clamp_min(1e-30)),
-        "max_abs_err": float(diff.abs().max()),
-    }
+def training_section(run: Run, s: Settings, model: RadioDiff) -> None:
+    image, cond = sampling.inputs(model.cfg, s.train_batch, s.device, s.seed)
+    harness = Harness(s.device, s.quick, s.repeats, warmup=s.warmup)
+    per_map = model_flops(run, model.cfg)
+    for name in s.train_paths:
+        path = training.PATHS[name]
+        flops = training.step_flops(per_map, s.train_batch, path.cached)
+        config = {"preset": model.cfg.name, "batch": s.train_batch, "flops": flops}
+
+        @contextlib.contextmanager
+        def open_path(path=path):
+            with training.training_state(model):
+                yield training.training_step(model, path, image, cond)
+
+        row = _measure(
+            harness, s, run, "training", name, path.dtype, "train-step", open_path, path.compiles,
+            s.train_batch, "samples/s", config, s.device,
+        )  # fmt: skip
+        row.config.pop("_output", None)
+        run.add(row, estimate_s=_estimate_s(run, flops, path.dtype, False))
+        release_memory(s.device)
 
 
-def training_rows(harness: Harness, model: RadioDiff, batch: int, seed: int = 0) -> list[Row]:
-    """samples/s of one AdamW step of the UNet: VAE encode every step (reference) vs cached latents."""
-    cfg = model.cfg
-    image, cond = _inputs(cfg, batch, harness.device, seed)
-    unfold_weight_standardization(model.unet)
-    model.vae.eval().requires_grad_(False)
-    with torch.no_grad():
-        posterior = model.vae.encode(image)
-        mean, std = posterior.mean, posterior.std
-
-    def reference_loss():
-        return model.diffusion_loss(image, cond)[0]
-
-    def cached_loss():
-        x0 = (mean + std * torch.randn_like(mean)) * model.scale_factor
-        return training_loss(model.unet, x0, cond, cfg.diffusion)[0]
-
-    rows = []
-    state = {k: v.clone() for k, v in model.unet.state_dict().items()}
-    model.unet.train()
-    try:
-        for provider, loss_fn in (("reference", reference_loss), ("torch-cached", cached_loss)):
-            optimizer = torch.optim.AdamW(model.unet.parameters(), lr=cfg.trainer.lr)
-
-            def step(loss_fn=loss_fn, optimizer=optimizer):
-                optimizer.zero_grad(set_to_none=True)
-                loss_fn().backward()
-                optimizer.step()
-
-            with FlopCounterMode(display=False) as counter:
-                step()
-            timing = _timed(harness, step)
-            config = {
-                "preset": cfg.name,
-                "batch": batch,
-                "flops": counter.get_total_flops(),
-                "peak_mib": timing[2],
-            }
-            rows.append(_row("training", provider, "train-step", *timing[:2], batch, "samples/s", config))
-    finally:
-        model.unet.eval()
-        model.unet.load_state_dict(state)
-    add_reference_ratios(rows)
-    return rows
-
-
-def add_reference_ratios(rows: list[Row]) -> None:
-    """vs_reference: the reference row's time of the same stage and case / each row's time."""
-    reference = {(r.op, r.case): r for r in rows if r.provider == "reference"}
-    for r in rows:
-        ref = reference.get((r.op, r.case))
-        if ref is not None:
-            r.vs_reference = ref.median_ms / r.median_ms
+def kernels_section(run: Run, s: Settings) -> None:
+    harness = Harness(
+        s.device, s.quick or s.device.type == "cpu", repeats=5 if s.quick else 20, warmup=s.warmup,
+        on_record=lambda row: run.add(row, stage="kernels"),
+    )  # fmt: skip
+    run.notes.append(f"kernels: measured copy bandwidth {harness.measure_copy_bandwidth():.1f} GB/s")
+    if not harness.run_triton:
+        run.notes.append("kernels: no CUDA, so no Triton rows (interpreter times mean nothing)")
+    for module_name in KERNEL_BENCHMARKS.values():
+        importlib.import_module(f"bench.{module_name}").run(harness)
 
 
 def git_sha() -> str:
+    bench = Path(__file__).resolve().parent
     try:
         sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=BENCH, capture_output=True, text=True, check=True
+            ["git", "rev-parse", "HEAD"], cwd=bench, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=BENCH, capture_output=True, text=True
+            ["git", "status", "--porcelain"], cwd=bench, capture_output=True, text=True
         ).stdout
         return sha + ("-dirty" if dirty.strip() else "")
     except (OSError, subprocess.CalledProcessError):
@@ -269,6 +350,7 @@ def run_metadata(device: torch.device, preset: str, quick: bool) -> dict:
     return {
         "device": device.type,
         "device_description": device_description(device),
+        "machine": f"{platform.node()} ({os.cpu_count()} CPUs)",
         "preset": preset,
         "quick": quick,
         "torch_version": torch.__version__,
@@ -278,165 +360,214 @@ def run_metadata(device: torch.device, preset: str, quick: bool) -> dict:
     }
 
 
-def records(rows: list[Row], meta: dict) -> list[dict]:
-    """One record per row: the Row fields (op is the stage), plus the run's metadata."""
-    return [{"stage": r.op, **asdict(r), **meta} for r in rows]
+def run_sections(run: Run, s: Settings, sections: list[str]) -> None:
+    cfg = load_config(s.preset)
+    model = None
+    for name in sections:
+        with run.section(name, s.section_timeouts.get(name)):
+            if name == "peak":
+                peak_section(run, s)
+            elif name == "flops":
+                flops_section(run, s, cfg)
+            elif name == "kernels":
+                kernels_section(run, s)
+            else:
+                if model is None:
+                    model = build_model(cfg, s.device, s.seed)
+                (sampling_section if name == "sampling" else training_section)(run, s, model)
 
 
-def _fmt(value, spec: str) -> str:
-    return "" if value is None else format(value, spec)
-
-
-def markdown_table(recs: list[dict]) -> str:
-    lines = [
-        "| stage | provider | mode | batch | steps | p50 ms (p20-p80) | rate | vs reference | GFLOP/s "
-        "| rel. err | max abs err | peak MiB | 1st call s |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in recs:
-        c = r["config"]
-        lines.append(
-            f"| {r['stage']} | {r['provider']} | {r['mode']} | {c['batch']} | {c.get('steps', '')} | "
-            f"{r['median_ms']:.1f} ({r['p20_ms']:.1f}-{r['p80_ms']:.1f}) | "
-            f"{r['rate']:.3g} {r['rate_unit']} | "
-            f"{_fmt(r['vs_reference'], '.2f')}x | {_fmt(c.get('gflop_per_s'), '.1f')} | "
-            f"{_fmt(c.get('rel_err'), '.1e')} | {_fmt(c.get('max_abs_err'), '.1e')} | "
-            f"{_fmt(c.get('peak_mib'), '.0f')} | {_fmt(r['first_call_s'], '.1f')} |".replace("| x |", "|  |")
-        )
-    return "\n".join(lines)
-
-
-def device_section(result: dict) -> str:
-    meta = result["meta"]
-    lines = [
-        f"## {meta['device']}",
-        "",
-        f"- machine: {meta['device_description']}",
-        f"- date: {meta['date']}; torch {meta['torch_version']}; irt4 {meta['irt4_version']}; "
-        f"git {meta['git_sha']}",
-        f"- preset: {meta['preset']}{' (quick)' if meta['quick'] else ''}; the ratio is the reference's "
-        "time / the row's time, measured in the same run",
-    ]
-    lines += [f"- {note}" for note in result["notes"]]
-    lines += ["", markdown_table(result["records"]), ""]
-    return "\n".join(lines)
-
-
-def regenerate_results_md(results_dir: Path = RESULTS_DIR, path: Path = RESULTS_MD) -> str:
-    """bench/RESULTS.md from the newest JSON of each device in `results_dir`."""
-    newest: dict[str, dict] = {}
-    for file in sorted(results_dir.glob("*.json")):
-        result = json.loads(file.read_text())
-        device = result["meta"]["device"]
-        if device not in newest or result["meta"]["date"] >= newest[device]["meta"]["date"]:
-            newest[device] = result
-    text = "\n".join(
-        [
-            "# Benchmark results",
-            "",
-            "Generated by `python -m bench.run` (`make bench` for the quick CPU run) from the newest",
-            "`bench/results/*.json` of each device; do not edit by hand. See bench/run.py for what each row",
-            "measures. `reference` is the eager fp32 reference sampler / training recipe (contracts.md).",
-            "",
-        ]
-        + [device_section(newest[d]) for d in sorted(newest)]
-    )
-    if "cuda" not in newest:
-        text += "\n## cuda\n\nNo GPU result yet: run `python -m bench.run --device cuda` on a GPU machine.\n"
-    path.write_text(text)
-    return text
-
-
-def run(
-    device: torch.device,
-    preset: str,
-    quick: bool,
-    steps: int,
-    batches: list[int],
-    train_batch: int,
-    repeats: int,
-    warmup: int,
-    compile_: bool,
-) -> tuple[list[Row], list[str]]:
-    """All rows of one run and the notes that go with them."""
-    cfg = load_config(preset)
-    harness = Harness(device, quick, repeats, warmup=warmup)
-    model = build_model(cfg, device)
+def default_notes(s: Settings, cfg) -> list[str]:
+    calls = s.steps + 1 if cfg.diffusion.denoise else s.steps
     notes = [
-        f"sampling: {steps} steps ({steps + 1 if cfg.diffusion.denoise else steps} network calls) per map"
+        f"sampling: {s.steps} steps ({calls} network calls) per map, random weights (speed does not depend "
+        f"on them); backends: {', '.join(s.paths)}; training batch {s.train_batch}",
+        f"each row: the first call (compilation, capture), then up to {s.repeats} timed calls after "
+        f"{s.warmup} warm-up call(s), as many as fit in {s.row_seconds:g} s; `runs` = timed calls "
+        "(on a GPU, 1 and no spread: the first call itself, for an eager row slower than twice that)",
     ]
-    per_map = flop_counts(build_on_meta(cfg), 1)
-    notes.append(
-        f"the floor: {per_map['UNet step (condition hoisted)'] / 1e9:.2f} GFLOP per UNet step "
-        "(condition hoisted), "
-        f"{per_map['condition encoder (once per map)'] / 1e9:.2f} GFLOP per condition encoding, "
-        f"{per_map['VAE decode'] / 1e9:.2f} GFLOP per VAE decode (per map; FlopCounterMode)"
-    )
-    if not compile_:
-        notes.append(
-            "torch.compile rows skipped (quick mode on CPU or --no-compile: compilation takes minutes)"
-        )
-    if device.type == "cpu":
-        notes.append("peak memory: not measured on the CPU (CUDA max_memory_allocated only)")
+    if s.device.type == "cpu":
+        notes.append("peak MiB on the CPU: growth of the process's resident high-water mark (a lower bound)")
         notes.append(CPU_NOTE)
-    rows: list[Row] = []
-    for batch in batches:
-        print(f"sampling, batch {batch}, {steps} steps ...", flush=True)
-        rows += sampling_rows(harness, model, batch, steps, compile_)
-    print(f"training, batch {train_batch} ...", flush=True)
-    rows += training_rows(harness, model, train_batch)
-    return rows, notes
+    else:
+        notes.append(
+            f"the CPU-only backends (onnxruntime-cpu, engine-onnxruntime) run at batch "
+            f"{','.join(map(str, s.cpu_batches))} on this machine's CPU: their ratio compares with the GPU "
+            "reference; compiling backends run at batch " + ",".join(map(str, s.compile_batches))
+        )
+    return notes
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_timeouts(text: str | None, default: float | None) -> dict[str, float]:
+    """ "120" (every section) or "sampling=170,training=60" (the rest: `default`)."""
+    timeouts = dict.fromkeys(SECTIONS, default)
+    for part in filter(None, (text or "").split(",")):
+        if "=" not in part:
+            timeouts = dict.fromkeys(SECTIONS, float(part))
+            continue
+        name, seconds = part.split("=", 1)
+        if name not in SECTIONS:
+            raise ValueError(f"--section-timeout: unknown section {name!r}; known: {', '.join(SECTIONS)}")
+        timeouts[name] = float(seconds)
+    return timeouts
+
+
+def _csv(text: str) -> list[str]:
+    return [p for p in text.split(",") if p]
+
+
+def default_paths(device: torch.device, quick: bool, all_paths: bool) -> tuple[list[str], list[str]]:
+    if device.type == "cuda" or all_paths:
+        return (
+            [
+                "reference", "torch", "torch-bf16", "triton-bf16", "cudagraph-bf16", "engine-aoti",
+                "engine-aoti-graph", "onnxruntime-cpu", "compile-bf16",
+            ],
+            ["reference", "torch-cached", "torch-bf16-cached", "triton-bf16-cached", "compile-bf16-cached"],
+        )  # fmt: skip
+    sampling_paths = ["reference", "torch", "onnxruntime-cpu", "engine-onnxruntime"]
+    return sampling_paths + ([] if quick else ["compile"]), ["reference", "torch-cached"]
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available")
-    parser.add_argument("--preset", default=None, help="small or irt4-radiodiff (default: small if quick)")
     parser.add_argument(
-        "--quick", action="store_true", help="small preset, batch 1 and 2, few steps and repeats"
+        "--preset", default=None, help="small, irt4-radiodiff, tiny (default: small if quick)"
     )
+    parser.add_argument(
+        "--quick", action="store_true", help="small preset, batch 1 and 2, 10 steps, few repeats"
+    )
+    parser.add_argument("--only", default=",".join(SECTIONS), help=f"sections, of {','.join(SECTIONS)}")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default 50, quick 10)")
     parser.add_argument("--batches", default=None, help="sampling batch sizes (default 1,8,32; quick 1,2)")
+    parser.add_argument("--train-batch", type=int, default=None, help="default: the preset's; quick 2")
+    parser.add_argument("--paths", default=None, help="sampling backends, in order (bench/sampling.py)")
+    parser.add_argument("--train-paths", default=None, help="training recipes, in order (bench/training.py)")
     parser.add_argument(
-        "--train-batch", type=int, default=None, help="training batch (default: the preset's; quick 2)"
+        "--all-paths", action="store_true", help="the GPU's backends on any device (to test them on a CPU)"
     )
-    parser.add_argument("--repeats", type=int, default=None, help="timed calls per row (default 20, quick 3)")
-    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder of the JSON results")
+    parser.add_argument("--cpu-batches", default="1", help="batches of the CPU-only backends on a GPU run")
+    parser.add_argument(
+        "--compile-batches", default=None, help="batches of the compiling backends (default all)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed calls per row at most (default 5, quick 3)"
+    )
+    parser.add_argument("--warmup", type=int, default=1, help="warm-up calls per row after the first")
+    parser.add_argument(
+        "--row-seconds", type=float, default=None, help="time for a row's repeats (default 6)"
+    )
+    parser.add_argument("--compile-timeout", type=float, default=120, help="cap of a compiling row, s")
+    parser.add_argument(
+        "--section-timeout", default=None, help='cap of each section, s: "300" or "sampling=170,kernels=30"'
+    )
+    parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile rows")
+    parser.add_argument(
+        "--onnx-dir", type=Path, default=None, help="ONNX graphs of the bench model (exported if absent)"
+    )
+    parser.add_argument(
+        "--engine-dir", type=Path, default=None, help="irt4-build-engine output for irt4.Engine"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder of the JSON result")
+    parser.add_argument("--seed", type=int, default=0, help="weights, inputs and noise")
+    parser.add_argument(
+        "--prepare", type=Path, default=None, metavar="DIR",
+        help="only write the bench model as DIR/bench-model.safetensors and its ONNX graphs in DIR/onnx",
+    )  # fmt: skip
+    parser.add_argument("--regenerate", action="store_true", help="only regenerate bench/RESULTS.md")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            parser.error("--device cuda: no CUDA device here")
-        # the reference is fp32 without TF32; every path runs at the same precision
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device here")
     preset = args.preset or ("small" if args.quick else "irt4-radiodiff")
     cfg = load_config(preset)
-    steps = args.steps or (10 if args.quick else 50)
-    batches = [int(b) for b in (args.batches or ("1,2" if args.quick else "1,8,32")).split(",")]
-    train_batch = args.train_batch or (2 if args.quick else cfg.trainer.batch_size)
-    repeats = args.repeats or (3 if args.quick else 20)
-    compile_ = not args.no_compile and not (args.quick and device.type == "cpu")
-
-    meta = run_metadata(device, preset, args.quick)
-    print(f"# irt4 benchmarks, {meta['date']}: {meta['device_description']}, torch {torch.__version__}")
-    print(f"preset {preset}, sampling {steps} steps at batch {batches}, training batch {train_batch}")
-    rows, notes = run(
-        device, preset, args.quick, steps, batches, train_batch, repeats, 1 if args.quick else 3, compile_
+    paths, train_paths = default_paths(device, args.quick, args.all_paths)
+    paths = _csv(args.paths) if args.paths else paths
+    train_paths = _csv(args.train_paths) if args.train_paths else train_paths
+    if args.no_compile:
+        paths = [p for p in paths if not sampling.PATHS.get(p, sampling.PATHS["torch"]).torch_compile]
+        train_paths = [
+            p for p in train_paths if not training.PATHS.get(p, training.PATHS["reference"]).compiles
+        ]
+    unknown = sorted(set(paths) - set(sampling.PATHS)) + sorted(set(train_paths) - set(training.PATHS))
+    if unknown:
+        parser.error(
+            f"unknown backend(s) {unknown}; known: {sorted(sampling.PATHS)} {sorted(training.PATHS)}"
+        )
+    sections = _csv(args.only)
+    if set(sections) - set(SECTIONS):
+        parser.error(f"--only: unknown section(s) {sorted(set(sections) - set(SECTIONS))}; known: {SECTIONS}")
+    batches = [int(b) for b in _csv(args.batches or ("1,2" if args.quick else "1,8,32"))]
+    try:
+        # quick: under 5 minutes on 2 shared cores whatever else runs there (make bench)
+        quick_caps = "peak=20,flops=30,sampling=140,training=60,kernels=30" if args.quick else None
+        timeouts = parse_timeouts(args.section_timeout or quick_caps, None)
+    except ValueError as error:
+        parser.error(str(error))
+    settings = Settings(
+        device=device,
+        preset=preset,
+        quick=args.quick,
+        steps=args.steps or (10 if args.quick else 50),
+        batches=batches,
+        train_batch=args.train_batch or (2 if args.quick else cfg.trainer.batch_size),
+        repeats=args.repeats or (3 if args.quick else 5),
+        warmup=args.warmup,
+        row_seconds=args.row_seconds or 6.0,
+        paths=paths,
+        train_paths=train_paths,
+        cpu_batches=[int(b) for b in _csv(args.cpu_batches)],
+        compile_batches=[int(b) for b in _csv(args.compile_batches)] if args.compile_batches else batches,
+        compile_timeout=args.compile_timeout,
+        section_timeouts=timeouts,
+        # exported once per preset and seed, then reused (bench/sampling.py checks its stamp)
+        onnx_dir=args.onnx_dir or Path(tempfile.gettempdir()) / f"irt4-bench-onnx-{preset}-seed{args.seed}",
+        engine_dir=args.engine_dir,
+        seed=args.seed,
     )
-    result = {"meta": meta, "notes": notes, "records": records(rows, meta)}
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{meta['date'][:10]}-{device.type}.json"
-    path.write_text(json.dumps(result, indent=1) + "\n")
-    print()
-    print(device_section(result))
-    if args.out.resolve() == RESULTS_DIR:
+    args.sections = sections
+    return args, settings
+
+
+def prepare(s: Settings, folder: Path) -> int:
+    """The bench model as a bundle (for irt4-build-engine --checkpoint) and its ONNX graphs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model = build_model(load_config(s.preset), torch.device("cpu"), s.seed)
+    save_bundle(folder / "bench-model.safetensors", model, weights="raw")
+    seconds = sampling.export_bench_onnx(model, folder / "onnx", s.seed)
+    print(f"wrote {folder / 'bench-model.safetensors'} and {folder / 'onnx'} (export {seconds:.0f} s)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, s = parse_args(argv)
+    if args.regenerate:
         regenerate_results_md()
-        print(f"wrote {path} and {RESULTS_MD}")
-    else:
-        print(f"wrote {path}")
+        print(f"wrote {RESULTS_MD}")
+        return 0
+    if args.prepare is not None:
+        return prepare(s, args.prepare)
+    if s.device.type == "cuda":
+        # the reference is fp32 without TF32 (contracts.md); the bf16 paths say so in their dtype
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    cfg = load_config(s.preset)
+    meta = run_metadata(s.device, s.preset, s.quick)
+    run = Run(
+        meta,
+        args.out / f"{meta['date'][:10]}-{s.device.type}.json",
+        notes=default_notes(s, cfg),
+        regenerate_md=args.out.resolve() == RESULTS_DIR,
+    )
+    print(f"# irt4 benchmarks, {meta['date']}: {meta['device_description']}, torch {torch.__version__}")
+    print(f"preset {s.preset}, sections {args.sections}, sampling {s.steps} steps at batch {s.batches}")
+    run_sections(run, s, args.sections)
+    run.save()
+    print()
+    print(device_section(run.result()))
+    print(f"wrote {run.path}" + (f" and {RESULTS_MD}" if run.regenerate_md else ""))
     return 0
 
 

@@ -1,48 +1,167 @@
-"""Smoke test of the benchmark runner (bench/run.py) on the tiny preset: the records have their
-fields. No timing is asserted."""
+"""The benchmark runner's logic (bench/run.py) on the tiny preset: its rows, the result file written as
+it goes, failures and caps recorded as skipped rows without ending the run, and RESULTS.md. No timing
+is asserted."""
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import run  # noqa: E402
-from bench.kernels import Harness  # noqa: E402
-from irt4.config import load_config  # noqa: E402
+from bench import report, run  # noqa: E402
+from bench.measure import TimeLimitExceeded, check_deadlines, time_limit  # noqa: E402
 
 FIELDS = {
     "stage", "provider", "mode", "median_ms", "p20_ms", "p80_ms", "rate", "rate_unit", "vs_reference",
-    "device", "preset", "torch_version", "irt4_version", "git_sha", "date",
+    "skipped", "device", "preset", "torch_version", "irt4_version", "git_sha", "date",
 }  # fmt: skip
+CPU = torch.device("cpu")
 
 
-def test_runner_records_have_their_fields(tmp_path):
-    cpu = torch.device("cpu")
-    harness = Harness(cpu, quick=True, repeats=1, warmup=0)
-    model = run.build_model(load_config("tiny"), cpu)
-    rows = run.sampling_rows(harness, model, batch=1, steps=1, compile_=False)
-    rows += run.training_rows(harness, model, batch=1)
-    assert [(r.op, r.provider) for r in rows] == [
+def _settings(**changes) -> run.Settings:
+    settings = dict(
+        device=CPU, preset="tiny", quick=True, steps=1, batches=[1], train_batch=1, repeats=1, warmup=0,
+        row_seconds=0.01, paths=["reference", "torch", "cudagraph-bf16", "engine-aoti"],
+        train_paths=["reference"], cpu_batches=[1], compile_batches=[1], compile_timeout=30,
+        section_timeouts={}, first_call_may_count=True,
+    )  # fmt: skip
+    return run.Settings(**(settings | changes))
+
+
+def _new_run(tmp_path: Path) -> run.Run:
+    return run.Run(run.run_metadata(CPU, "tiny", quick=True), tmp_path / "2000-01-01-cpu.json")
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory) -> dict:
+    folder = tmp_path_factory.mktemp("bench")
+    result = _new_run(folder)
+    # FLOPs per map as the flops section leaves them (made-up numbers: counting them costs seconds)
+    result.flops_per_map = {
+        "condition encoder (once per map)": 10, "UNet step (condition hoisted)": 100, "VAE encode": 500,
+        "VAE decode": 1000, "reference call (condition recomputed)": 110,
+    }  # fmt: skip
+    run.run_sections(result, _settings(), ["sampling", "training"])
+    return json.loads(result.path.read_text())
+
+
+def test_runner_rows_have_their_fields_and_the_maps_of_the_reference(measured):
+    recs = measured["records"]
+    assert [(r["stage"], r["provider"]) for r in recs] == [
         ("sampling", "reference"),
         ("sampling", "torch"),
+        ("sampling", "cudagraph-bf16"),
+        ("sampling", "engine-aoti"),
         ("training", "reference"),
-        ("training", "torch-cached"),
     ]
-    recs = run.records(rows, run.run_metadata(cpu, "tiny", quick=True))
     for rec in recs:
         assert FIELDS <= rec.keys()
-        assert rec["config"]["batch"] == 1 and rec["config"]["flops"] > 0
+    measured_recs = [r for r in recs if r["skipped"] is None]
+    assert len(measured_recs) == 3
+    for rec in measured_recs:
+        assert rec["config"]["batch"] == 1 and rec["config"]["flops"] > 0 and rec["median_ms"] > 0
+        assert rec["vs_reference"] is not None and rec["config"]["tflop_per_s"] > 0
     torch_row = recs[1]
     assert torch_row["config"]["steps"] == 1
     assert torch_row["config"]["rel_err"] < 1e-4  # the same maps as the reference for the same noise
+    assert recs[2]["skipped"] == "needs CUDA"
+    assert recs[3]["skipped"]  # irt4.Engine missing, or no engine folder given
+    assert measured["sections"]["sampling"]["status"] == "ok"
 
-    (tmp_path / "2000-01-01-cpu.json").write_text(
-        json.dumps({"meta": recs[0] | {}, "notes": [], "records": recs})
-    )
-    text = run.regenerate_results_md(tmp_path, tmp_path / "RESULTS.md")
-    assert "## cpu" in text and "| sampling | torch |" in text
+
+def test_a_failing_section_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
+    def broken(result, settings):
+        raise RuntimeError("boom\nsecond line")
+
+    def one_row(result, settings, cfg):
+        result.flops_per_map["UNet step (condition hoisted)"] = 1
+
+    monkeypatch.setattr(run, "peak_section", broken)
+    monkeypatch.setattr(run, "flops_section", one_row)
+    result = _new_run(tmp_path)
+    run.run_sections(result, _settings(), ["peak", "flops"])
+    saved = json.loads(result.path.read_text())
+    assert saved["sections"]["peak"]["status"] == "failed"
+    assert saved["sections"]["flops"]["status"] == "ok"
+    assert saved["flops_per_map"] == {"UNet step (condition hoisted)": 1}
+    [rec] = saved["records"]
+    assert rec["stage"] == "peak" and rec["skipped"] == "failed: RuntimeError: boom"
+
+
+def test_a_section_past_its_cap_keeps_its_rows_and_says_so(tmp_path, monkeypatch):
+    def slow(result, settings):
+        result.add(run.Row("peak", "first", "float32", "matmul", "fwd", 1.0, 1.0, "products/s"))
+        time.sleep(10)
+
+    monkeypatch.setattr(run, "peak_section", slow)
+    result = _new_run(tmp_path)
+    start = time.monotonic()
+    run.run_sections(result, _settings(section_timeouts={"peak": 0.3}), ["peak"])
+    assert time.monotonic() - start < 5
+    saved = json.loads(result.path.read_text())
+    assert saved["sections"]["peak"]["status"] == "over its cap"
+    assert [r["case"] for r in saved["records"]] == ["first", "rest of the section"]
+    assert "past its cap" in saved["records"][1]["skipped"]
+
+
+def test_a_section_that_swallows_its_cap_stops_at_its_next_row(tmp_path, monkeypatch):
+    def swallowing(result, settings):
+        for _ in range(50):
+            try:
+                time.sleep(0.2)
+            except TimeLimitExceeded:
+                pass  # as a kernel benchmark that skips a failing case and goes on
+            result.add(run.Row("peak", "case", "float32", "matmul", "fwd", 1.0, 1.0, "products/s"))
+
+    monkeypatch.setattr(run, "peak_section", swallowing)
+    result = _new_run(tmp_path)
+    start = time.monotonic()
+    run.run_sections(result, _settings(section_timeouts={"peak": 0.5}), ["peak"])
+    assert time.monotonic() - start < 5
+    assert json.loads(result.path.read_text())["sections"]["peak"]["status"] == "over its cap"
+
+
+def test_a_cap_wrapped_in_another_error_still_ends_the_enclosing_block():
+    # Inductor turns any exception into an InductorError: the row's handler must not swallow the cap
+    with pytest.raises(TimeLimitExceeded, match="outer"):
+        with time_limit(0.2, "outer"):
+            with time_limit(30, "row") as row_scope:
+                try:
+                    try:
+                        time.sleep(5)
+                    except TimeLimitExceeded as error:
+                        raise RuntimeError("wrapped") from error
+                except RuntimeError:
+                    check_deadlines(row_scope)
+
+
+def test_results_md_has_a_table_per_stage_the_skip_reasons_and_older_files(measured, tmp_path):
+    (tmp_path / "2000-01-01-cpu.json").write_text(json.dumps(measured))
+    old = {
+        "meta": measured["meta"] | {"device": "cuda", "device_description": "old GPU"},
+        "notes": [],
+        "records": [
+            {k: v for k, v in measured["records"][0].items() if k not in ("skipped", "of_peak")}
+            | {"config": {"batch": 1, "gflop_per_s": 2.0}}
+        ],
+    }
+    (tmp_path / "1999-01-01-cuda.json").write_text(json.dumps(old))
+    text = report.regenerate_results_md(tmp_path, tmp_path / "RESULTS.md")
+    assert "## cpu" in text and "## cuda" in text and "old GPU" in text
+    assert "### Sampling" in text and "### Training" in text
+    assert "| torch | float32 | 1 |" in text and "| needs CUDA |" in text
+    assert (tmp_path / "RESULTS.md").read_text() == text
+
+
+def test_section_timeouts_parse_one_for_all_or_per_section():
+    assert run.parse_timeouts("120", None) == dict.fromkeys(run.SECTIONS, 120.0)
+    timeouts = run.parse_timeouts("sampling=170,kernels=30", 60.0)
+    assert timeouts["sampling"] == 170 and timeouts["kernels"] == 30 and timeouts["peak"] == 60
+    with pytest.raises(ValueError, match="unknown section"):
+        run.parse_timeouts("sampler=1", None)

@@ -1,0 +1,101 @@
+"""The training rows: samples/s of one AdamW step of the diffusion UNet at the preset's batch.
+
+    reference           the reference recipe: eager fp32, the frozen VAE encodes the targets and the
+                        condition network runs at every step (RadioDiff.diffusion_loss)
+    torch-cached        the VAE posterior (mean, std) cached once, latents drawn from it (fp32)
+    torch-bf16-cached   + bf16 autocast, fused AdamW on CUDA
+    triton-bf16-cached  + irt4's Triton kernels
+    compile-bf16-cached + torch.compile of the loss (forward and backward), PyTorch ops
+
+FLOPs of a step: 3x the forward FLOPs of the UNet and its condition network, plus the VAE encode
+where the recipe runs it (`step_flops`); the bf16, Triton and compiled steps compute the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from bench.sampling import autocast
+from irt4.diffusion.ddm import training_loss
+from irt4.models.kernel_switch import use_kernels
+from irt4.models.layers import unfold_weight_standardization
+from irt4.models.radiodiff import RadioDiff
+
+
+@dataclass(frozen=True)
+class TrainingPath:
+    name: str
+    dtype: torch.dtype
+    cached: bool  # latents from the cached posterior instead of a VAE encode per step
+    kernels: str = "torch"
+    compiles: bool = False
+
+
+PATHS = {
+    p.name: p
+    for p in (
+        TrainingPath("reference", torch.float32, cached=False),
+        TrainingPath("torch-cached", torch.float32, cached=True),
+        TrainingPath("torch-bf16-cached", torch.bfloat16, cached=True),
+        TrainingPath("triton-bf16-cached", torch.bfloat16, cached=True, kernels="triton"),
+        TrainingPath("compile-bf16-cached", torch.bfloat16, cached=True, compiles=True),
+    )
+}
+
+
+@contextlib.contextmanager
+def training_state(model: RadioDiff) -> Iterator[None]:
+    """The UNet in training mode for the block, its weights as they were afterwards."""
+    unfold_weight_standardization(model.unet)
+    model.vae.eval().requires_grad_(False)
+    state = {k: v.clone() for k, v in model.unet.state_dict().items()}
+    model.unet.train()
+    try:
+        yield
+    finally:
+        model.unet.eval()
+        model.unet.load_state_dict(state)
+        use_kernels(model, "torch")
+
+
+def loss_function(model: RadioDiff, path: TrainingPath, image: torch.Tensor, cond: torch.Tensor) -> Callable:
+    if not path.cached:
+        return lambda: model.diffusion_loss(image, cond)[0]
+    with torch.no_grad():
+        posterior = model.vae.encode(image)
+        mean, std = posterior.mean, posterior.std
+
+    def cached_loss():
+        x0 = (mean + std * torch.randn_like(mean)) * model.scale_factor
+        return training_loss(model.unet, x0, cond, model.cfg.diffusion)[0]
+
+    return torch.compile(cached_loss) if path.compiles else cached_loss
+
+
+def training_step(model: RadioDiff, path: TrainingPath, image: torch.Tensor, cond: torch.Tensor) -> Callable:
+    """One optimizer step of `path` (call inside `training_state`)."""
+    use_kernels(model, path.kernels)
+    loss_fn = loss_function(model, path, image, cond)
+    fused = image.device.type == "cuda" and path.name != "reference"
+    optimizer = torch.optim.AdamW(model.unet.parameters(), lr=model.cfg.trainer.lr, fused=fused or None)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(image.device, path.dtype):
+            loss = loss_fn()
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def step_flops(per_map: dict[str, int], batch: int, cached: bool) -> int:
+    """FLOPs of one step from the forward counts per map (irt4.models.summary.flop_counts): the UNet
+    with its condition network forward and backward (~3x the forward), plus the VAE encode unless the
+    latents are cached. Counting a real step with FlopCounterMode costs more than the step."""
+    unet = 3 * per_map["reference call (condition recomputed)"]
+    return batch * (unet + (0 if cached else per_map["VAE encode"]))
