@@ -13,6 +13,8 @@
 #
 # Everything is logged to OUTDIR/gpu.log; a failing step is logged and the script goes on. Copy
 # OUTDIR/*-cuda.json into bench/results/ and run `python -m bench.run --regenerate` for RESULTS.md.
+# Limits (s) of the slow prepare steps: GPU_TESTS_LIMIT [240], ENGINE_LIMIT [420]; GPU_TEST_MARKERS
+# [gpu] selects the GPU tests (e.g. "gpu and not slow" leaves out the CUDA AOTInductor builds).
 # IRT4_BENCH_DRY=1: the same steps on the CPU with the tiny preset and small caps (no install, no GPU
 # tests, no engine build), to check the Python side of the GPU run anywhere.
 set -u
@@ -93,7 +95,8 @@ prepare() {
         step check-extension 60 "$PY" -c \
             "import torch, irt4._C as c; print('irt4._C', c.__file__, 'with_cuda', c.with_cuda(), 'torch', torch.__version__, 'cuda', torch.cuda.is_available())"
         # tests/conftest.py defaults TRITON_INTERPRET to 1 (for CPU runs); here the kernels run compiled
-        step gpu-tests 240 env TRITON_INTERPRET=0 "$PY" -m pytest -m gpu -x -q -p no:cacheprovider tests
+        step gpu-tests "${GPU_TESTS_LIMIT:-240}" env TRITON_INTERPRET=0 "$PY" -m pytest -m "${GPU_TEST_MARKERS:-gpu}" \
+            -x -q -p no:cacheprovider tests
     fi
     step bench-model 300 "$PY" -m bench.run --device cpu --preset "$PRESET" --prepare "$OUT/model"
     if [ "$DRY" = 1 ]; then
@@ -105,7 +108,7 @@ prepare() {
         for option in "--device cuda" "--precision bf16" "--min-batch 1" "--opt-batch 8" "--max-batch 32"; do
             grep -q -- "${option% *}" <<<"$help" && options+=($option)
         done
-        step build-engine 420 irt4-build-engine "${options[@]}"
+        step build-engine "${ENGINE_LIMIT:-420}" irt4-build-engine "${options[@]}"
     else
         log "irt4-build-engine is not installed: the engine rows will say so"
     fi

@@ -7,8 +7,9 @@
 #
 # Environment (defaults in brackets): PY [python3], DEVICE [cuda], DATA [datasets/synth-irt4-train],
 # VAE_SECONDS [60], LDM_SECONDS [150], WORKERS [2], LDM_ARGS [] (extra irt4-train ldm options, e.g.
-# --compile: the LDM step of this preset is bound by kernel launches in eager mode, 96 samples/s on an H200). The baseline trains for VAE_SECONDS + LDM_SECONDS,
-# side by side with the two diffusion stages. Each stage is an ordinary `irt4-train` run: rerun a
+# --compile: this preset's eager LDM step is launch-bound, 96 samples/s on an H200; if the run with
+# LDM_ARGS fails, an eager run follows), BASELINE_ARGS [] (extra options of the baseline run).
+# The baseline trains for VAE_SECONDS + LDM_SECONDS, side by side with the two diffusion stages. Each stage is an ordinary `irt4-train` run: rerun a
 # stage with --resume to continue it. At the end the EMA weights are written as fp16 bundles:
 # RUN_DIR/default-small.safetensors and RUN_DIR/baseline-small.safetensors.
 set -u
@@ -24,16 +25,30 @@ mkdir -p "$RUN"
 COMMON=(--config small --data "$DATA" --device "$DEVICE" --workers "$WORKERS" --no-tensorboard
     --set data.augment=dihedral --steps "$STEPS")
 
+ldm() { # ldm OUT_NAME [extra options]: the diffusion UNet on the VAE's cached latents
+    local name=$1
+    shift
+    "$PY" -m irt4.cli.train ldm "${COMMON[@]}" --out "$RUN/$name" --vae "$RUN/vae/last.pt" --cache-latents \
+        --time-budget "$LDM_SECONDS" --set trainer.batch_size=32 --set trainer.save_every=1000 "$@"
+}
+
 diffusion() {
     "$PY" -m irt4.cli.train vae "${COMMON[@]}" --out "$RUN/vae" --time-budget "$VAE_SECONDS" \
-        --set vae_trainer.batch_size=16 --set vae_trainer.save_every=500 &&
-        "$PY" -m irt4.cli.train ldm "${COMMON[@]}" --out "$RUN/ldm" --vae "$RUN/vae/last.pt" --cache-latents \
-            --time-budget "$LDM_SECONDS" --set trainer.batch_size=32 --set trainer.save_every=1000 ${LDM_ARGS:-}
+        --set vae_trainer.batch_size=16 --set vae_trainer.save_every=500 || return 1
+    # with extra options (say --compile) a failure falls back to the plain eager run
+    if [ -n "${LDM_ARGS:-}" ] && ldm ldm ${LDM_ARGS}; then
+        echo ldm >"$RUN/ldm-run"
+    elif ldm ldm-eager; then
+        echo ldm-eager >"$RUN/ldm-run"
+    else
+        return 1
+    fi
 }
 
 baseline() {
     "$PY" -m irt4.cli.train baseline "${COMMON[@]}" --out "$RUN/baseline" \
-        --time-budget "$((VAE_SECONDS + LDM_SECONDS))" --set trainer.batch_size=32 --set trainer.save_every=1000
+        --time-budget "$((VAE_SECONDS + LDM_SECONDS))" --set trainer.batch_size=32 --set trainer.save_every=1000 \
+        ${BASELINE_ARGS:-}
 }
 
 diffusion >"$RUN/diffusion.log" 2>&1 &
@@ -57,8 +72,9 @@ from irt4.baseline.bundle import load_baseline, save_baseline
 from irt4.models.bundle import load_model, save_bundle
 
 run = Path(sys.argv[1])
-if (run / "ldm/last.pt").exists():
-    model, _ = load_model(run / "ldm/last.pt")
+ldm_run = run / (run / "ldm-run").read_text().strip() if (run / "ldm-run").exists() else None
+if ldm_run is not None:
+    model, _ = load_model(ldm_run / "last.pt")
     save_bundle(run / "default-small.safetensors", model, weights="ema", dtype=torch.float16)
     print("wrote", run / "default-small.safetensors")
 if (run / "baseline/last.pt").exists():
