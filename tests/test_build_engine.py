@@ -60,3 +60,10 @@ def test_build_rejects_bad_options_with_exit_code_2(bundle, tmp_path, capsys, ar
 def test_build_rejects_a_missing_checkpoint(tmp_path, capsys):
     assert main(["--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "e")]) == 2
     assert "none.pt" in capsys.readouterr().err
+
+
+def test_default_opt_batch_stays_inside_a_small_batch_range(bundle, tmp_path):
+    out = tmp_path / "engine"
+    args = ["--checkpoint", str(bundle), "--out", str(out), "--max-batch", "2", "--backends", "onnxruntime"]
+    assert main(args) == 0
+    assert json.loads((out / "engine.json").read_text())["batch"] == {"min": 1, "opt": 2, "max": 2}

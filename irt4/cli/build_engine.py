@@ -46,7 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--min-batch", type=int, default=1, help="smallest batch the engines take (default: 1)"
     )
-    parser.add_argument("--opt-batch", type=int, default=8, help="batch TensorRT tunes for (default: 8)")
+    parser.add_argument(
+        "--opt-batch",
+        type=int,
+        default=None,
+        help="batch TensorRT tunes for (default: 8, kept within --min-batch .. --max-batch)",
+    )
     parser.add_argument(
         "--max-batch", type=int, default=32, help="largest batch the engines take (default: 32)"
     )
@@ -77,7 +82,8 @@ def run(args) -> int:
 
     if not (args.device == "cpu" or args.device.startswith("cuda")):
         raise InputError(f"--device must be cpu or cuda[:N], got {args.device!r}")
-    batch = BatchRange(args.min_batch, args.opt_batch, args.max_batch)
+    opt_batch = args.opt_batch if args.opt_batch is not None else min(max(8, args.min_batch), args.max_batch)
+    batch = BatchRange(args.min_batch, opt_batch, args.max_batch)
     batch.check()
     model, info = load_model(args.checkpoint, "cpu", use_ema=args.ema)
     print(
