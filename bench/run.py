@@ -234,7 +234,7 @@ def sampling_section(run: Run, s: Settings, model: RadioDiff) -> None:
         )
         expected = None
         for name in s.paths:
-            path = sampling.PATHS[name]
+            path = sampling.with_engine_precision(sampling.PATHS[name], s.engine_dir)
             if path.cpu_only and s.device.type != "cpu" and batch not in s.cpu_batches:
                 continue
             if path.torch_compile and batch not in s.compile_batches:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -320,6 +321,19 @@ PATHS = {
         SamplingPath("engine-onnxruntime", torch.float32, _engine("onnxruntime"), cpu_only=True),
     )
 }
+
+
+def with_engine_precision(path: SamplingPath, engine_dir: Path | None) -> SamplingPath:
+    """An engine-aoti path labelled with the precision its engine was built in (engine.json), since
+    irt4-build-engine builds fp32 by default and bench/gpu.sh builds bf16."""
+    if not path.name.startswith("engine-aoti") or engine_dir is None:
+        return path
+    try:
+        precision = json.loads((Path(engine_dir) / "engine.json").read_text())["precision"]
+    except (OSError, ValueError, KeyError):
+        return path
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    return dataclasses.replace(path, dtype=dtypes.get(precision, path.dtype))
 
 
 def output_difference(got: torch.Tensor, expected: torch.Tensor) -> dict[str, float]:

@@ -165,3 +165,13 @@ def test_section_timeouts_parse_one_for_all_or_per_section():
     assert timeouts["sampling"] == 170 and timeouts["kernels"] == 30 and timeouts["peak"] == 60
     with pytest.raises(ValueError, match="unknown section"):
         run.parse_timeouts("sampler=1", None)
+
+
+def test_engine_rows_carry_the_precision_their_engine_was_built_in(tmp_path):
+    from bench import sampling
+
+    path = sampling.PATHS["engine-aoti"]
+    assert sampling.with_engine_precision(path, None) is path
+    (tmp_path / "engine.json").write_text('{"precision": "fp32"}')
+    assert sampling.with_engine_precision(path, tmp_path).dtype == torch.float32
+    assert sampling.with_engine_precision(sampling.PATHS["torch"], tmp_path) is sampling.PATHS["torch"]
