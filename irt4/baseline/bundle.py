@@ -17,7 +17,7 @@ from irt4 import __version__
 from irt4.baseline.regressor import RadioUNetRegressor
 from irt4.config import Config, config_to_dict
 from irt4.errors import InputError
-from irt4.models.bundle import BASELINE_BUNDLE_FORMAT, BUNDLE_FORMAT, _config_from_yaml
+from irt4.models.bundle import BASELINE_BUNDLE_FORMAT, BUNDLE_FORMAT, _config_from_yaml, read_safetensors
 
 WRONG_KIND = "a diffusion model {what}, not a baseline; load it with irt4.models.bundle.load_model"
 
@@ -48,15 +48,7 @@ def save_baseline(
 
 
 def _read_bundle(path: Path) -> tuple[Config, dict[str, torch.Tensor], dict]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise InputError(f"{path}: not a readable safetensors file ({err})") from err
+    metadata, tensors = read_safetensors(path)
     if metadata.get("format") == BUNDLE_FORMAT or metadata.get("kind") == "radiodiff":
         raise InputError(f"{path}: " + WRONG_KIND.format(what="bundle"))
     if metadata.get("format") != BASELINE_BUNDLE_FORMAT:

@@ -56,16 +56,21 @@ def _config_from_yaml(text: str, path: Path) -> Config:
         raise InputError(f"{path}: its stored config does not load in irt4 {__version__}: {err}") from err
 
 
-def _read_bundle(path: Path) -> tuple[Config, dict[str, torch.Tensor], dict]:
+def read_safetensors(path: Path, tensors: bool = True) -> tuple[dict, dict[str, torch.Tensor] | None]:
+    """(metadata, tensors or None) of a safetensors file; an unreadable file is an InputError naming it."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
-        tensors = load_file(str(path))
+        return metadata, load_file(str(path)) if tensors else None
     except (SafetensorError, OSError, ValueError) as err:
         raise InputError(f"{path}: not a readable safetensors file ({err})") from err
+
+
+def _read_bundle(path: Path) -> tuple[Config, dict[str, torch.Tensor], dict]:
+    metadata, tensors = read_safetensors(path)
     if metadata.get("kind") == "baseline" or metadata.get("format") == BASELINE_BUNDLE_FORMAT:
         raise InputError(
             f"{path}: a baseline (UNet regressor) bundle, not a diffusion model; "
@@ -140,14 +145,7 @@ def checkpoint_kind(path: str | Path) -> str:
     if not path.is_file():
         raise InputError(f"checkpoint {path} does not exist")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                metadata = handle.metadata() or {}
-        except (SafetensorError, OSError, ValueError) as err:
-            raise InputError(f"{path}: not a readable safetensors file ({err})") from err
+        metadata, _ = read_safetensors(path, tensors=False)
         baseline = metadata.get("kind") == "baseline" or metadata.get("format") == BASELINE_BUNDLE_FORMAT
         return "baseline" if baseline else "radiodiff"
     try:
