@@ -17,7 +17,13 @@ from irt4 import __version__
 from irt4.baseline.regressor import RadioUNetRegressor
 from irt4.config import Config, config_to_dict
 from irt4.errors import InputError
-from irt4.models.bundle import BASELINE_BUNDLE_FORMAT, BUNDLE_FORMAT, _config_from_yaml, read_safetensors
+from irt4.models.bundle import (
+    BASELINE_BUNDLE_FORMAT,
+    BUNDLE_FORMAT,
+    _config_from_yaml,
+    read_checkpoint,
+    read_safetensors,
+)
 
 WRONG_KIND = "a diffusion model {what}, not a baseline; load it with irt4.models.bundle.load_model"
 
@@ -57,12 +63,7 @@ def _read_bundle(path: Path) -> tuple[Config, dict[str, torch.Tensor], dict]:
 
 
 def _read_checkpoint(path: Path, use_ema: bool) -> tuple[Config, dict[str, torch.Tensor], dict]:
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise InputError(f"{path}: not a readable irt4 checkpoint ({err})") from err
-    if not isinstance(checkpoint, dict) or "model" not in checkpoint or "config" not in checkpoint:
-        raise InputError(f"{path}: not an irt4 checkpoint (no model weights and config in it)")
+    checkpoint = read_checkpoint(path)
     if checkpoint.get("stage") != "baseline":
         raise InputError(f"{path}: " + WRONG_KIND.format(what=f"{checkpoint.get('stage')}-stage checkpoint"))
     cfg = _config_from_yaml(yaml.safe_dump(checkpoint["config"]), path)

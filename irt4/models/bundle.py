@@ -81,13 +81,19 @@ def _read_bundle(path: Path) -> tuple[Config, dict[str, torch.Tensor], dict]:
     return _config_from_yaml(metadata["config"], path), tensors, metadata
 
 
-def _read_checkpoint(path: Path, use_ema: bool) -> tuple[Config, dict[str, torch.Tensor], dict]:
+def read_checkpoint(path: Path) -> dict:
+    """A training checkpoint's dict (weights only); an unreadable or foreign file is an InputError."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise InputError(f"{path}: not a readable irt4 checkpoint ({err})") from err
     if not isinstance(checkpoint, dict) or "model" not in checkpoint or "config" not in checkpoint:
         raise InputError(f"{path}: not an irt4 checkpoint (no model weights and config in it)")
+    return checkpoint
+
+
+def _read_checkpoint(path: Path, use_ema: bool) -> tuple[Config, dict[str, torch.Tensor], dict]:
+    checkpoint = read_checkpoint(path)
     if checkpoint.get("stage") == "vae":
         raise InputError(f"{path}: a VAE-stage checkpoint; sampling needs a diffusion (ldm) checkpoint")
     if checkpoint.get("stage") == "baseline":
