@@ -10,7 +10,9 @@
 # --compile: this preset's eager LDM step is launch-bound, 96 samples/s on an H200; if the run with
 # LDM_ARGS fails, an eager run follows), BASELINE_ARGS [] (extra options of the baseline run).
 # The baseline trains for VAE_SECONDS + LDM_SECONDS, side by side with the two diffusion stages. Each stage is an ordinary `irt4-train` run: rerun a
-# stage with --resume to continue it. At the end the EMA weights are written as fp16 bundles:
+# stage with --resume to continue it; RESUME=1 EXTRA_SECONDS=N does that for the finished recipe (the LDM
+# and the baseline each get N more seconds, so their budgets stay equal). At the end the EMA weights are
+# written as fp16 bundles:
 # RUN_DIR/default-small.safetensors and RUN_DIR/baseline-small.safetensors.
 set -u
 RUN=${1:?usage: scripts/train-default-model.sh RUN_DIR}
@@ -20,6 +22,8 @@ DATA=${DATA:-datasets/synth-irt4-train}
 VAE_SECONDS=${VAE_SECONDS:-60}
 LDM_SECONDS=${LDM_SECONDS:-150}
 WORKERS=${WORKERS:-2}
+EXTRA_SECONDS=${EXTRA_SECONDS:-0}
+RESUME=${RESUME:-0}
 STEPS=1000000 # the time budget ends each run; the step count only has to be out of reach
 mkdir -p "$RUN"
 COMMON=(--config small --data "$DATA" --device "$DEVICE" --workers "$WORKERS" --no-tensorboard
@@ -29,10 +33,16 @@ ldm() { # ldm OUT_NAME [extra options]: the diffusion UNet on the VAE's cached l
     local name=$1
     shift
     "$PY" -m irt4.cli.train ldm "${COMMON[@]}" --out "$RUN/$name" --vae "$RUN/vae/last.pt" --cache-latents \
-        --time-budget "$LDM_SECONDS" --set trainer.batch_size=32 --set trainer.save_every=1000 "$@"
+        --time-budget "$((LDM_SECONDS + EXTRA_SECONDS))" --set trainer.batch_size=32 --set trainer.save_every=1000 "$@"
 }
 
 diffusion() {
+    if [ "$RESUME" = 1 ]; then # continue the LDM run the recipe finished with
+        local name
+        name=$(cat "$RUN/ldm-run") || return 1
+        if [ "$name" = ldm ]; then ldm ldm --resume ${LDM_ARGS:-}; else ldm "$name" --resume; fi
+        return
+    fi
     "$PY" -m irt4.cli.train vae "${COMMON[@]}" --out "$RUN/vae" --time-budget "$VAE_SECONDS" \
         --set vae_trainer.batch_size=16 --set vae_trainer.save_every=500 || return 1
     # with extra options (say --compile) a failure falls back to the plain eager run
@@ -47,8 +57,8 @@ diffusion() {
 
 baseline() {
     "$PY" -m irt4.cli.train baseline "${COMMON[@]}" --out "$RUN/baseline" \
-        --time-budget "$((VAE_SECONDS + LDM_SECONDS))" --set trainer.batch_size=32 --set trainer.save_every=1000 \
-        ${BASELINE_ARGS:-}
+        --time-budget "$((VAE_SECONDS + LDM_SECONDS + EXTRA_SECONDS))" --set trainer.batch_size=32 \
+        --set trainer.save_every=1000 $([ "$RESUME" = 1 ] && echo --resume) ${BASELINE_ARGS:-}
 }
 
 diffusion >"$RUN/diffusion.log" 2>&1 &

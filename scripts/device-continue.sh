@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The optional second device call of a GPU session: while the machine that ran scripts/device-session.sh
+# is still warm (its checkpoints live in WORK), give the default model and its baseline EXTRA_SECONDS
+# more training each (equal budgets), rewrite the bundles and pack them like the first call did.
+#
+#   EXTRA_SECONDS=120 scripts/device-continue.sh OUT [WORK]
+set -u
+OUT=${1:?usage: scripts/device-continue.sh OUT [WORK]}
+WORK=${2:-/tmp/irt4-device}
+export PYTHONUNBUFFERED=1 RESUME=1 EXTRA_SECONDS=${EXTRA_SECONDS:-120}
+export VAE_SECONDS=${VAE_SECONDS:-40} LDM_SECONDS=${LDM_SECONDS:-170} WORKERS=${WORKERS:-4}
+export LDM_ARGS=${LDM_ARGS---compile}
+mkdir -p "$OUT"
+log() { echo "[device-continue $(date +%T)] $*" | tee -a "$OUT/session.log"; }
+if [ ! -f "$WORK/train/ldm-run" ]; then
+    log "no finished recipe in $WORK/train (the machine was not the one that ran device-session.sh)"
+    exit 1
+fi
+timeout "${TRAIN_TIMEOUT:-$((EXTRA_SECONDS + 90))}" bash scripts/train-default-model.sh "$WORK/train" \
+    >"$WORK/train/continue.log" 2>&1
+log "train exit $?"
+(cd "$WORK" && tar czf - --exclude='*.pt' --exclude='*.onnx' --exclude='*.pt2' train |
+    split -b 15M - "$OUT/train.tgz.part-") && log "train archive: $(ls "$OUT" | grep -c part-) part(s)"
+log "done"
