@@ -102,11 +102,18 @@ class Harness:
             fn()
         return quantiles_ms(self.call_times_ms(fn, self.repeats)), first_call_s
 
-    def time_budgeted(self, fn: Callable[[], object], budget_s: float, first_call_may_count: bool) -> Timing:
+    def time_budgeted(
+        self,
+        fn: Callable[[], object],
+        budget_s: float,
+        first_call_may_count: bool,
+        after_first_call: Callable[[], None] | None = None,
+    ) -> Timing:
         """Time `fn` in about `budget_s` after its first call: as many repeats (up to `repeats`, with up
         to `warmup` warm-up calls) as fit. Where even one repeat does not fit and the first call is a
         fair measurement (`first_call_may_count`: eager code, nothing compiled or captured in it), the
-        first call is the one timed run."""
+        first call is the one timed run. `after_first_call` runs between the first call and the rest
+        (where the rest runs), e.g. to start measuring steady-state memory."""
         start = time.perf_counter()
         output = fn()
         self.synchronize()
@@ -115,6 +122,8 @@ class Harness:
         if fit == 0 and first_call_may_count and first_call_s > 2 * budget_s:
             ms = first_call_s * 1e3
             return Timing((ms, ms, ms), first_call_s, 1, output)
+        if after_first_call is not None:
+            after_first_call()
         runs = max(min(self.repeats, fit), 1)
         for _ in range(min(self.warmup, fit - runs)):  # warm-up where the budget has room for it
             fn()

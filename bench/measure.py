@@ -75,12 +75,20 @@ def time_limit(seconds: float | None, what: str) -> Iterator[object]:
 class PeakMemory:
     """Peak memory of a block: torch.cuda.max_memory_allocated on a GPU; on a CPU the growth of the
     process's resident high-water mark (ru_maxrss), a lower bound: 0 when the block stayed under an
-    earlier peak."""
+    earlier peak. On a GPU, `steady_state()` restarts the count after a first call, whose one-off
+    allocations (library autotuning workspaces, compilation) are kept apart in `first_call_mib`."""
 
     def __init__(self, device: torch.device):
         self.device = device
         self.mib: float | None = None
+        self.first_call_mib: float | None = None
         self.kind = "cuda max allocated" if device.type == "cuda" else "rss high-water growth"
+
+    def steady_state(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.first_call_mib = torch.cuda.max_memory_allocated(self.device) / 2**20
+            torch.cuda.reset_peak_memory_stats(self.device)
 
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
