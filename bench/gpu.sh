@@ -85,7 +85,7 @@ log "# bench/gpu.sh stage $STAGE into $OUT (dry run: $DRY; python: $PY; device $
 log "# git $(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)"
 
 prepare() {
-    log "# prepare: estimates: install 1-3 min, GPU tests <= 4 min, bench model + ONNX export 1-2 min, engine <= 7 min"
+    log "# prepare: estimates: install ~35 s; then side by side: GPU tests <= 4 min, bench model + ONNX export ~80 s, engine (AOTInductor, CUDA) <= 7 min"
     if [ "$DRY" = 1 ]; then
         log "dry run: install, GPU tests and engine build skipped"
     else
@@ -94,24 +94,44 @@ prepare() {
             "$PY" -m pip install --no-build-isolation --no-deps --no-index -e .
         step check-extension 60 "$PY" -c \
             "import torch, irt4._C as c; print('irt4._C', c.__file__, 'with_cuda', c.with_cuda(), 'torch', torch.__version__, 'cuda', torch.cuda.is_available())"
-        # tests/conftest.py defaults TRITON_INTERPRET to 1 (for CPU runs); here the kernels run compiled
-        step gpu-tests "${GPU_TESTS_LIMIT:-240}" env TRITON_INTERPRET=0 "$PY" -m pytest -m "${GPU_TEST_MARKERS:-gpu}" \
-            -x -q -p no:cacheprovider tests
     fi
-    step bench-model 300 "$PY" -m bench.run --device cpu --preset "$PRESET" --prepare "$OUT/model"
+    # the bench model's bundle comes first, its ONNX export (minutes at irt4-radiodiff) goes on while
+    # the engine is built from the bundle and the GPU tests run: three independent steps side by side
+    rm -f "$OUT/model/bundle.done"
+    step bench-model 300 "$PY" -m bench.run --device cpu --preset "$PRESET" --prepare "$OUT/model" &
+    local model_pid=$! waited=0
+    [ "$DRY" = 1 ] || gpu_tests &
+    local tests_pid=$!
+    while [ ! -f "$OUT/model/bundle.done" ] && kill -0 "$model_pid" 2>/dev/null && [ $waited -lt 120 ]; do
+        sleep 1
+        waited=$((waited + 1))
+    done
     if [ "$DRY" = 1 ]; then
         :
+    elif [ ! -f "$OUT/model/bundle.done" ]; then
+        log "the bench model's bundle was not written: no engine"
     elif command -v irt4-build-engine >/dev/null 2>&1; then
-        # the options that this irt4-build-engine has, of those the bench wants
+        # the options that this irt4-build-engine has, of those the bench wants; only the AOTInductor
+        # packages (the GPU's engine rows), not the ONNX Runtime files (CPU rows) nor a second export
         local help options=(--checkpoint "$OUT/model/bench-model.safetensors" --out "$OUT/engine")
         help=$(irt4-build-engine --help 2>&1)
-        for option in "--device cuda" "--precision bf16" "--min-batch 1" "--opt-batch 8" "--max-batch 32"; do
+        for option in "--device cuda" "--precision bf16" "--min-batch 1" "--opt-batch 8" "--max-batch 32" \
+            "--backends aoti"; do
             grep -q -- "${option% *}" <<<"$help" && options+=($option)
         done
         step build-engine "${ENGINE_LIMIT:-420}" irt4-build-engine "${options[@]}"
     else
         log "irt4-build-engine is not installed: the engine rows will say so"
     fi
+    wait "$model_pid"
+    [ "$DRY" = 1 ] || wait "$tests_pid"
+}
+
+gpu_tests() {
+    # tests/conftest.py defaults TRITON_INTERPRET to 1 (for CPU runs); here the kernels run compiled.
+    # No -x: every failure is worth seeing from a scarce GPU session
+    step gpu-tests "${GPU_TESTS_LIMIT:-240}" env TRITON_INTERPRET=0 "$PY" -m pytest -m "${GPU_TEST_MARKERS:-gpu}" \
+        -q -p no:cacheprovider -rfE tests
 }
 
 measure() {

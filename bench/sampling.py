@@ -11,6 +11,7 @@ restores the model on the way out, whatever happens in between.
     torch-bf16      + bf16 autocast
     triton-bf16     + irt4's Triton kernels (GroupNorm+SiLU, attention); on a CPU their references run
     cudagraph-bf16  triton-bf16, the whole loop (condition, 51 calls, updates, decode) in one CUDA graph
+    cudagraph-torch-bf16  the same graph of torch-bf16 (PyTorch's kernels: no Triton needed)
     compile         torch.compile of the UNet step and the VAE decode (fp32); compile-bf16 under autocast
     onnxruntime-cpu the three ONNX graphs (irt4.export) in ONNX Runtime's CPU provider, the loop in Python
     engine-aoti     irt4.Engine (the C++ loop) on an AOTInductor package (built by irt4-build-engine
@@ -140,12 +141,20 @@ def _eager(dtype: torch.dtype, kernels: str):
     return path
 
 
+def _cuda_graph(kernels: str):
+    """The bf16 path with `kernels`, the whole loop captured once per batch size and replayed."""
+
+    def path(ctx: SamplingContext) -> contextlib.AbstractContextManager:
+        return _captured_loop(ctx, kernels)
+
+    return path
+
+
 @contextlib.contextmanager
-def cuda_graph(ctx: SamplingContext) -> Iterator[Callable]:
-    """triton-bf16 with the whole loop captured once per batch size and replayed."""
+def _captured_loop(ctx: SamplingContext, kernels: str) -> Iterator[Callable]:
     if ctx.device.type != "cuda":
         raise Skip("needs CUDA")
-    with _model_state(ctx.model, folded=True, kernels="triton"):
+    with _model_state(ctx.model, folded=True, kernels=kernels):
         # every tensor the graph reads lives on the device at a fixed address
         static_noise = SamplerNoise(ctx.noise.initial.to(ctx.device), ctx.noise.steps.to(ctx.device))
         run = _sampler(ctx, ctx.model.unet, ctx.model.decode_latents, recompute=False, noise=static_noise)
@@ -310,7 +319,8 @@ PATHS = {
         SamplingPath("torch", torch.float32, _eager(torch.float32, "torch")),
         SamplingPath("torch-bf16", torch.bfloat16, _eager(torch.bfloat16, "torch")),
         SamplingPath("triton-bf16", torch.bfloat16, _eager(torch.bfloat16, "triton")),
-        SamplingPath("cudagraph-bf16", torch.bfloat16, cuda_graph, compiles=True),
+        SamplingPath("cudagraph-bf16", torch.bfloat16, _cuda_graph("triton"), compiles=True),
+        SamplingPath("cudagraph-torch-bf16", torch.bfloat16, _cuda_graph("torch"), compiles=True),
         SamplingPath("compile", torch.float32, _compiled(torch.float32), compiles=True, torch_compile=True),
         SamplingPath(
             "compile-bf16", torch.bfloat16, _compiled(torch.bfloat16), compiles=True, torch_compile=True

@@ -67,3 +67,23 @@ def test_default_opt_batch_stays_inside_a_small_batch_range(bundle, tmp_path):
     args = ["--checkpoint", str(bundle), "--out", str(out), "--max-batch", "2", "--backends", "onnxruntime"]
     assert main(args) == 0
     assert json.loads((out / "engine.json").read_text())["batch"] == {"min": 1, "opt": 2, "max": 2}
+
+
+def test_an_aoti_only_build_skips_the_onnx_export(bundle, tmp_path, monkeypatch):
+    """The export of a large preset takes minutes and the AOTInductor packages do not need it."""
+    import irt4.engine.build as build
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("the ONNX graphs were exported for an aoti-only build")
+
+    def fake_aoti(model, out_dir, precision, batch, device, log):
+        out_dir.mkdir(parents=True)
+        (out_dir / "unet_step.pt2").write_bytes(b"package")
+        return {"unet_step": out_dir / "unet_step.pt2"}
+
+    monkeypatch.setattr(build, "export_onnx", no_export)
+    monkeypatch.setattr(build, "build_aoti", fake_aoti)
+    out = tmp_path / "engine"
+    assert main(["--checkpoint", str(bundle), "--out", str(out), "--backends", "aoti"]) == 0
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert set(manifest["backends"]) == {"aoti"} and not (out / "onnx").exists()

@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=list(BACKENDS),
         choices=list(BACKENDS),
-        help="which engines to build (default: all; the ONNX graphs are always written)",
+        help="which engines to build (default: all; the ONNX graphs are written for onnxruntime, tensorrt)",
     )
     parser.add_argument(
         "--ema",

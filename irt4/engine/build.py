@@ -255,7 +255,8 @@ def build_engine(
 ) -> dict:
     """Write ENGINE_DIR for `model` (loaded on the CPU, eval mode; it is folded and moved here) and
     return the manifest. Backends that cannot be built here are skipped with the reason, logged and
-    recorded in the manifest; the ONNX graphs are written wherever onnx and onnxruntime are installed."""
+    recorded in the manifest. The ONNX graphs are written where a backend needs them (onnxruntime,
+    tensorrt) and onnx and onnxruntime are installed: the export of a large preset takes minutes."""
     if precision not in PRECISIONS:
         raise InputError(f"--precision must be one of {list(PRECISIONS)}, got {precision!r}")
     unknown = sorted(set(backends) - set(BACKENDS))
@@ -273,7 +274,9 @@ def build_engine(
     files: dict[str, dict[str, Path]] = {}
     skipped: dict[str, str] = {}
     no_onnx = _onnx_unavailable()
-    if no_onnx is None:
+    if not {"onnxruntime", "tensorrt"} & set(backends):
+        pass  # the AOTInductor packages are built from the model itself
+    elif no_onnx is None:
         log(f"writing the ONNX graphs to {out / 'onnx'}/")
         files["onnx"] = onnx_paths = export_onnx(model, out / "onnx")
     else:
