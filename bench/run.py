@@ -436,7 +436,10 @@ def default_paths(device: torch.device, quick: bool, all_paths: bool) -> tuple[l
                 "reference", "cudagraph-torch-bf16", "cudagraph-bf16", "engine-aoti-graph", "engine-aoti",
                 "torch-bf16", "triton-bf16", "torch", "onnxruntime-cpu", "compile-bf16",
             ],
-            ["reference", "torch-bf16-cached", "triton-bf16-cached", "torch-cached", "compile-bf16-cached"],
+            [
+                "reference", "torch-bf16-cached", "cudagraph-bf16-cached", "triton-bf16-cached",
+                "torch-cached", "compile-bf16-cached",
+            ],
         )  # fmt: skip
     sampling_paths = ["reference", "torch", "onnxruntime-cpu", "engine-onnxruntime"]
     return sampling_paths + ([] if quick else ["compile"]), ["reference", "torch-cached"]
@@ -502,7 +505,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     if args.no_compile:
         paths = [p for p in paths if not sampling.PATHS.get(p, sampling.PATHS["torch"]).torch_compile]
         train_paths = [
-            p for p in train_paths if not training.PATHS.get(p, training.PATHS["reference"]).compiles
+            p for p in train_paths if not training.PATHS.get(p, training.PATHS["reference"]).torch_compile
         ]
     unknown = sorted(set(paths) - set(sampling.PATHS)) + sorted(set(train_paths) - set(training.PATHS))
     if unknown:

@@ -6,6 +6,9 @@
     torch-bf16-cached   + bf16 autocast, fused AdamW on CUDA
     triton-bf16-cached  + irt4's Triton kernels
     compile-bf16-cached + torch.compile of the loss (forward and backward), PyTorch ops
+    cudagraph-bf16-cached torch-bf16-cached with the UNet's forward and backward replayed from CUDA
+                        graphs (irt4.train.graphed, `irt4-train --cuda-graphs`; CUDA only): captured
+                        on the first step, so it counts as a compiling row
 
 FLOPs of a step: 3x the forward FLOPs of the UNet and its condition network, plus the VAE encode
 where the recipe runs it (`step_flops`); the bf16, Triton and compiled steps compute the same.
@@ -19,11 +22,12 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.sampling import autocast
+from bench.sampling import Skip, autocast
 from irt4.diffusion.ddm import training_loss
 from irt4.models.kernel_switch import use_kernels
 from irt4.models.layers import unfold_weight_standardization
 from irt4.models.radiodiff import RadioDiff
+from irt4.train.graphed import GraphedModule
 
 
 @dataclass(frozen=True)
@@ -32,7 +36,9 @@ class TrainingPath:
     dtype: torch.dtype
     cached: bool  # latents from the cached posterior instead of a VAE encode per step
     kernels: str = "torch"
-    compiles: bool = False
+    compiles: bool = False  # a first call that compiles or captures: not timed, the compile cap applies
+    torch_compile: bool = False  # the loss through torch.compile
+    cuda_graphs: bool = False  # the UNet as irt4.train.graphed.GraphedModule
 
 
 PATHS = {
@@ -42,7 +48,8 @@ PATHS = {
         TrainingPath("torch-cached", torch.float32, cached=True),
         TrainingPath("torch-bf16-cached", torch.bfloat16, cached=True),
         TrainingPath("triton-bf16-cached", torch.bfloat16, cached=True, kernels="triton"),
-        TrainingPath("compile-bf16-cached", torch.bfloat16, cached=True, compiles=True),
+        TrainingPath("compile-bf16-cached", torch.bfloat16, cached=True, compiles=True, torch_compile=True),
+        TrainingPath("cudagraph-bf16-cached", torch.bfloat16, cached=True, compiles=True, cuda_graphs=True),
     )
 }
 
@@ -68,16 +75,19 @@ def loss_function(model: RadioDiff, path: TrainingPath, image: torch.Tensor, con
     with torch.no_grad():
         posterior = model.vae.encode(image)
         mean, std = posterior.mean, posterior.std
+    unet = GraphedModule(model.unet) if path.cuda_graphs else model.unet
 
     def cached_loss():
         x0 = (mean + std * torch.randn_like(mean)) * model.scale_factor
-        return training_loss(model.unet, x0, cond, model.cfg.diffusion)[0]
+        return training_loss(unet, x0, cond, model.cfg.diffusion)[0]
 
-    return torch.compile(cached_loss) if path.compiles else cached_loss
+    return torch.compile(cached_loss) if path.torch_compile else cached_loss
 
 
 def training_step(model: RadioDiff, path: TrainingPath, image: torch.Tensor, cond: torch.Tensor) -> Callable:
     """One optimizer step of `path` (call inside `training_state`)."""
+    if path.cuda_graphs and image.device.type != "cuda":
+        raise Skip("needs CUDA")
     use_kernels(model, path.kernels)
     loss_fn = loss_function(model, path, image, cond)
     fused = image.device.type == "cuda" and path.name != "reference"
@@ -85,7 +95,8 @@ def training_step(model: RadioDiff, path: TrainingPath, image: torch.Tensor, con
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        with autocast(image.device, path.dtype):
+        # a CUDA graph must hold the weight casts, not autocast's cached copies (irt4.train.graphed)
+        with autocast(image.device, path.dtype, cache_enabled=not path.cuda_graphs):
             loss = loss_fn()
         loss.backward()
         optimizer.step()

@@ -8,8 +8,10 @@ set -u
 OUT=${1:?usage: scripts/device-continue.sh OUT [WORK]}
 WORK=${2:-/tmp/irt4-device}
 export PYTHONUNBUFFERED=1 RESUME=1 EXTRA_SECONDS=${EXTRA_SECONDS:-120}
-export VAE_SECONDS=${VAE_SECONDS:-40} LDM_SECONDS=${LDM_SECONDS:-170} WORKERS=${WORKERS:-4}
-export LDM_ARGS=${LDM_ARGS---compile}
+# the same settings as scripts/device-session.sh: the budgets add up as they did there
+export INIT_FROM=${INIT_FROM-irt4/assets}
+export VAE_SECONDS=${VAE_SECONDS:-40} LDM_SECONDS=${LDM_SECONDS:-200} WORKERS=${WORKERS:-4}
+export LDM_ARGS=${LDM_ARGS---cuda-graphs}
 mkdir -p "$OUT"
 log() { echo "[device-continue $(date +%T)] $*" | tee -a "$OUT/session.log"; }
 if [ ! -f "$WORK/train/ldm-run" ]; then

@@ -12,7 +12,9 @@
 # The baseline trains for VAE_SECONDS + LDM_SECONDS, side by side with the two diffusion stages. Each stage is an ordinary `irt4-train` run: rerun a
 # stage with --resume to continue it; RESUME=1 EXTRA_SECONDS=N does that for the finished recipe (the LDM
 # and the baseline each get N more seconds, so their budgets stay equal). At the end the EMA weights are
-# written as fp16 bundles:
+# written as fp16 bundles. INIT_FROM=DIR (e.g. irt4/assets) continues the shipped models instead of
+# starting from scratch: no VAE stage, the LDM starts from DIR/default-small.safetensors and the
+# baseline from DIR/baseline-small.safetensors (`irt4-train --init-from`), both for LDM_SECONDS:
 # RUN_DIR/default-small.safetensors and RUN_DIR/baseline-small.safetensors.
 set -u
 RUN=${1:?usage: scripts/train-default-model.sh RUN_DIR}
@@ -24,6 +26,15 @@ LDM_SECONDS=${LDM_SECONDS:-150}
 WORKERS=${WORKERS:-2}
 EXTRA_SECONDS=${EXTRA_SECONDS:-0}
 RESUME=${RESUME:-0}
+INIT_FROM=${INIT_FROM:-}
+if [ -n "$INIT_FROM" ]; then
+    VAE_SECONDS=0 # the VAE comes with the model it continues
+    LDM_START=(--init-from "$INIT_FROM/default-small.safetensors")
+    BASELINE_START=(--init-from "$INIT_FROM/baseline-small.safetensors")
+else
+    LDM_START=(--vae "$RUN/vae/last.pt")
+    BASELINE_START=()
+fi
 STEPS=1000000 # the time budget ends each run; the step count only has to be out of reach
 mkdir -p "$RUN"
 COMMON=(--config small --data "$DATA" --device "$DEVICE" --workers "$WORKERS" --no-tensorboard
@@ -32,7 +43,8 @@ COMMON=(--config small --data "$DATA" --device "$DEVICE" --workers "$WORKERS" --
 ldm() { # ldm OUT_NAME [extra options]: the diffusion UNet on the VAE's cached latents
     local name=$1
     shift
-    "$PY" -m irt4.cli.train ldm "${COMMON[@]}" --out "$RUN/$name" --vae "$RUN/vae/last.pt" --cache-latents \
+    [ "$RESUME" = 1 ] && local LDM_START=() # a resumed run has its weights
+    "$PY" -m irt4.cli.train ldm "${COMMON[@]}" --out "$RUN/$name" "${LDM_START[@]}" --cache-latents \
         --time-budget "$((LDM_SECONDS + EXTRA_SECONDS))" --set trainer.batch_size=32 --set trainer.save_every=1000 "$@"
 }
 
@@ -43,8 +55,10 @@ diffusion() {
         if [ "$name" = ldm ]; then ldm ldm --resume ${LDM_ARGS:-}; else ldm "$name" --resume; fi
         return
     fi
-    "$PY" -m irt4.cli.train vae "${COMMON[@]}" --out "$RUN/vae" --time-budget "$VAE_SECONDS" \
-        --set vae_trainer.batch_size=16 --set vae_trainer.save_every=500 || return 1
+    if [ -z "$INIT_FROM" ]; then
+        "$PY" -m irt4.cli.train vae "${COMMON[@]}" --out "$RUN/vae" --time-budget "$VAE_SECONDS" \
+            --set vae_trainer.batch_size=16 --set vae_trainer.save_every=500 || return 1
+    fi
     # with extra options (say --compile) a failure falls back to the plain eager run
     if [ -n "${LDM_ARGS:-}" ] && ldm ldm ${LDM_ARGS}; then
         echo ldm >"$RUN/ldm-run"
@@ -58,7 +72,8 @@ diffusion() {
 baseline() {
     "$PY" -m irt4.cli.train baseline "${COMMON[@]}" --out "$RUN/baseline" \
         --time-budget "$((VAE_SECONDS + LDM_SECONDS + EXTRA_SECONDS))" --set trainer.batch_size=32 \
-        --set trainer.save_every=1000 $([ "$RESUME" = 1 ] && echo --resume) ${BASELINE_ARGS:-}
+        --set trainer.save_every=1000 $([ "$RESUME" = 1 ] && echo --resume || echo "${BASELINE_START[@]}") \
+        ${BASELINE_ARGS:-}
 }
 
 diffusion >"$RUN/diffusion.log" 2>&1 &

@@ -7,6 +7,8 @@ RadioUNet-style baseline regressor it is compared with (issue 9).
   irt4-train report RUN
 
 `--time-budget SECONDS` stops any of them after that much training time (irt4.train.trainer).
+`--cuda-graphs` (ldm, baseline) replays the network's forward and backward from CUDA graphs
+(irt4.train.graphed).
 
 Under `torchrun --nproc_per_node=N` the same commands run DistributedDataParallel. User mistakes
 (InputError, ConfigError) print one line on stderr and exit with code 2.
@@ -55,6 +57,15 @@ def _add_run_options(parser: argparse.ArgumentParser, stage: str) -> None:
         "grad scaler, RNG and data order)",
     )
     parser.add_argument("--compile", action="store_true", help="torch.compile the trained network")
+    if stage != "vae":  # the VAE's loss calls it with a generator keyword, which a graph cannot take
+        parser.add_argument(
+            "--cuda-graphs",
+            action="store_true",
+            help="capture the trained network's forward and backward in CUDA graphs on the first step "
+            "and replay them (loss, optimizer and EMA stay eager): far fewer kernel launches. Needs a "
+            "CUDA device, one process (no torchrun DDP), no --compile and gradient_accumulate_every=1; "
+            "batches of another shape run eagerly",
+        )
     parser.add_argument(
         "--precision",
         choices=("fp32", "bf16", "fp16"),
@@ -121,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="checkpoint of an `irt4-train vae` run (e.g. RUN_VAE/last.pt); its EMA weights are used; "
         "required unless --resume",
     )
+    _add_init_option(ldm, "the whole model (VAE, UNet, scale_factor) of a diffusion bundle or checkpoint")
     ldm.add_argument(
         "--cache-latents",
         action="store_true",
@@ -132,11 +144,23 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the baseline: a conv UNet from the condition image to the radio map, MSE loss.",
     )
     _add_run_options(baseline, "baseline")
+    _add_init_option(baseline, "the regressor of a baseline bundle or checkpoint")
     report = commands.add_parser(
         "report", help="write RUN/report.md with loss and LR plots", description="Write a run's report."
     )
     report.add_argument("run", type=Path, help="run folder")
     return parser
+
+
+def _add_init_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        metavar="MODEL",
+        help=f"start a new run from trained weights instead of random ones: {what} "
+        "(e.g. a file of irt4/assets), whose weights fit this run's config; the optimizer, schedule "
+        "and EMA start fresh. Continues a model whose checkpoints are gone; not with --resume",
+    )
 
 
 def _resolve_config(args: argparse.Namespace, section: str) -> tuple[Config, tuple | None]:
@@ -170,8 +194,22 @@ def _resolve_config(args: argparse.Namespace, section: str) -> tuple[Config, tup
 
 
 def train(args: argparse.Namespace) -> int:
-    from irt4.train.stages import BaselineStage, LDMStage, VAEStage, datasets, read_vae_weights
-    from irt4.train.trainer import RunOptions, Trainer, resolve_precision, seed_everything, setup_distributed
+    from irt4.train.stages import (
+        BaselineStage,
+        LDMStage,
+        VAEStage,
+        datasets,
+        init_from_trained,
+        read_vae_weights,
+    )
+    from irt4.train.trainer import (
+        RunOptions,
+        Trainer,
+        check_run_options,
+        resolve_precision,
+        seed_everything,
+        setup_distributed,
+    )
 
     section = "vae_trainer" if args.command == "vae" else "trainer"
     if args.sample_steps < 1:
@@ -179,6 +217,9 @@ def train(args: argparse.Namespace) -> int:
     if args.time_budget is not None and not args.time_budget > 0:
         raise InputError(f"--time-budget must be a positive number of seconds, got {args.time_budget}")
     cfg, resume = _resolve_config(args, section)
+    init_from = getattr(args, "init_from", None)
+    if init_from is not None and resume is not None:
+        raise InputError("--init-from starts a new run and --resume continues one: pass one of them")
     env = setup_distributed(args.device)
     if not env.is_main:
         logging.getLogger().setLevel(logging.WARNING)
@@ -187,6 +228,18 @@ def train(args: argparse.Namespace) -> int:
         precision = getattr(cfg, section).precision
     precision = resolve_precision(precision, env.device)
     cfg = apply_overrides(cfg, [f"{section}.precision={precision}"])  # the config records what ran
+    options = RunOptions(
+        run_dir=args.out,
+        precision=precision,
+        compile=args.compile,
+        cuda_graphs=getattr(args, "cuda_graphs", False),
+        tensorboard=not args.no_tensorboard,
+        sample_steps=args.sample_steps,
+        time_budget_s=args.time_budget,
+        init_from=str(init_from) if init_from is not None else None,
+        inject_nan_at=args.inject_nan_at,
+    )
+    check_run_options(options, env, getattr(cfg, section))  # before the data and models load
 
     seed_everything(getattr(cfg, section).seed)
     train_set, sample_set = datasets(cfg, args.data)
@@ -195,19 +248,14 @@ def train(args: argparse.Namespace) -> int:
     elif args.command == "baseline":
         stage = BaselineStage(cfg, train_set, sample_set)
     else:
-        if resume is None and args.vae is None:
+        if init_from is not None and args.vae is not None:
+            raise InputError("--vae and --init-from both give the VAE: pass one of them")
+        if resume is None and init_from is None and args.vae is None:
             raise InputError("--vae is required: the checkpoint of an `irt4-train vae` run")
-        vae_weights = None if resume is not None else read_vae_weights(args.vae, cfg)
+        vae_weights = None if resume is not None or init_from is not None else read_vae_weights(args.vae, cfg)
         stage = LDMStage(cfg, train_set, sample_set, vae_weights, cache_latents=args.cache_latents)
-    options = RunOptions(
-        run_dir=args.out,
-        precision=precision,
-        compile=args.compile,
-        tensorboard=not args.no_tensorboard,
-        sample_steps=args.sample_steps,
-        time_budget_s=args.time_budget,
-        inject_nan_at=args.inject_nan_at,
-    )
+    if init_from is not None:
+        init_from_trained(stage, init_from)
     try:
         return Trainer(stage, cfg, options, env, resume).run()
     finally:

@@ -71,11 +71,12 @@ def shifted_window_mask(
     """
 
     def regions(size: int, axis_shift: int) -> Tensor:
-        region = torch.zeros(size, dtype=torch.long, device=like.device)
-        if axis_shift > 0:
-            region[size - window : size - axis_shift] = 1
-            region[size - axis_shift :] = 2
-        return region
+        # comparisons of a device arange, not slices assigned Python numbers (each makes a tensor from host
+        # data): the CUDA-graph safety test allows none inside the network (tests/test_graphed.py)
+        position = torch.arange(size, device=like.device)
+        if axis_shift == 0:
+            return torch.zeros_like(position)
+        return (position >= size - window).long() + (position >= size - axis_shift).long()
 
     labels = regions(padded_height, shift[0])[:, None] * 3 + regions(padded_width, shift[1])[None, :]
     labels = window_partition(labels[None, :, :, None], window)[0, :, :, 0]  # (nW, N)

@@ -271,6 +271,8 @@ def write_report(run_dir: Path) -> Path:
         if isinstance(budget, (int, float)):
             spent += f" of a {human_duration(budget)} budget"
         summary.append(["Training time", spent + " (steps only: no startup, checkpoints or sample grids)"])
+    if record.get("init_from"):
+        summary.append(["Started from", f"the trained weights of `{record['init_from']}` (`--init-from`)"])
     if loss_rows:
         final, best = loss_rows[-1], min(loss_rows, key=lambda row: row["loss"])
         summary.append(["Final loss", f"{_number(final['loss'])} (step {final['step']:,})"])
@@ -354,6 +356,7 @@ def write_report(run_dir: Path) -> Path:
         ["processes (world size)", _number(world)],
         ["precision", str(record.get("precision", "–"))],
         ["torch.compile", {True: "yes", False: "no"}.get(record.get("compile"), "–")],
+        ["CUDA graphs", {True: "yes", False: "no"}.get(record.get("cuda_graphs"), "–")],
         ["steps/s", _number(steps_per_s, 3)],
         ["samples/s", _number(samples_per_s, 3)],
     ]

@@ -149,6 +149,7 @@ class LDMStage:
         self.train_set, self.sample_set = train_set, sample_set
         self.cache_latents = cache_latents
         self.latent_cache: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.keep_scale_factor = False  # set by init_from_trained: the UNet learned that latent scale
 
     def to(self, device: torch.device, memory_format: torch.memory_format) -> None:
         self.model.to(device, memory_format=memory_format)
@@ -179,7 +180,7 @@ class LDMStage:
 
     @torch.no_grad()
     def first_batch(self, batch: dict, generator: torch.Generator) -> dict[str, float]:
-        if not self.cfg.diffusion.scale_by_std:
+        if not self.cfg.diffusion.scale_by_std or self.keep_scale_factor:
             return {}
         # spec "Latent scaling", as RadioDiff.set_scale_from_batch, on the (possibly cached) posterior
         self.model.scale_factor.fill_(1.0 / self._latents(batch, generator).float().flatten().std())
@@ -243,3 +244,31 @@ class BaselineStage:
 
     def scale_factor(self) -> float | None:
         return None
+
+
+def init_from_trained(stage: LDMStage | BaselineStage, path: Path) -> None:
+    """Start a fresh run's network from a trained model (`irt4-train --init-from`): a bundle or a
+    checkpoint of the same kind, whose weights fit this run's config. The LDM takes the whole model
+    (VAE, UNet, scale_factor: the UNet learned that latent scale, so it is kept); the optimizer, the
+    schedule and the EMA start fresh, the EMA from these weights. Continues training across sessions
+    where only the shipped bundles survive."""
+    from irt4.baseline.bundle import load_baseline
+    from irt4.models.bundle import load_model
+
+    path = Path(path)
+    if isinstance(stage, LDMStage):
+        trained, _ = load_model(path)  # InputError for a missing, foreign or baseline file
+    else:
+        trained, _ = load_baseline(path)
+    theirs, ours = trained.state_dict(), stage.model.state_dict()
+    misfit = sorted(k for k in ours if k not in theirs or theirs[k].shape != ours[k].shape)
+    misfit += sorted(set(theirs) - set(ours))
+    if misfit:
+        raise InputError(
+            f"--init-from {path}: its model does not fit this run's config ({len(misfit)} tensors differ, "
+            f"e.g. {misfit[:2]}); train with the config stored in it"
+        )
+    stage.model.load_state_dict({name: value.to(ours[name].dtype) for name, value in theirs.items()})
+    if isinstance(stage, LDMStage):
+        stage.keep_scale_factor = True
+    log.info("--init-from: network weights from %s", path)

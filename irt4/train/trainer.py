@@ -3,8 +3,9 @@
 A stage (irt4.train.stages) says what is trained and how its loss is computed; this module does the
 rest: AdamW (fused on CUDA) under the LR schedule, gradient accumulation, mixed precision (bf16
 autocast, or fp16 with a grad scaler), EMA, DistributedDataParallel under torchrun (only rank 0
-writes), torch.compile, checkpoints every `save_every` steps and on SIGINT/SIGTERM, the non-finite
-loss policy, a training-time budget, metrics, sample grids, run.json and the final report.
+writes), torch.compile or CUDA graphs of the network (irt4.train.graphed), checkpoints every
+`save_every` steps and on SIGINT/SIGTERM, the non-finite loss policy, a training-time budget,
+metrics, sample grids, run.json and the final report.
 
 Steps are counted from 1: "step s" is the s-th optimizer step, and a checkpoint named s holds the
 state after it. The host syncs once per step (the loss, to act on a non-finite one, and the stop flags).
@@ -41,9 +42,11 @@ from tqdm import tqdm
 
 from irt4 import __version__
 from irt4.config import Config, TrainerConfig, config_to_dict, save_config
+from irt4.errors import InputError
 from irt4.train.checkpoint import list_checkpoints, save_checkpoint
 from irt4.train.data import data_state, make_loader
 from irt4.train.ema import EMA
+from irt4.train.graphed import GraphedModule
 from irt4.train.schedule import build_scheduler
 
 log = logging.getLogger(__name__)
@@ -135,10 +138,33 @@ class RunOptions:
     run_dir: Path
     precision: str  # resolved: fp32, bf16 or fp16
     compile: bool = False
+    cuda_graphs: bool = False  # the trained network's forward and backward replayed from CUDA graphs
     tensorboard: bool = True
     sample_steps: int = 5
     time_budget_s: float | None = None  # stop after this much training time (all sessions together)
+    init_from: str | None = None  # the trained model this run started from (irt4-train --init-from)
     inject_nan_at: int | None = None  # testing aid: make the loss of this step NaN
+
+
+def check_run_options(options: RunOptions, env: Distributed, tcfg: TrainerConfig) -> None:
+    """InputError for a combination of options that the loop does not run."""
+    if not options.cuda_graphs:
+        return
+    if env.device.type != "cuda":
+        raise InputError(f"--cuda-graphs needs a CUDA device, this run is on {env.device}")
+    if options.compile:
+        raise InputError("--cuda-graphs and --compile do not combine: pass one of them")
+    if env.active:
+        raise InputError(
+            f"--cuda-graphs does not work with DistributedDataParallel ({env.world_size} processes): "
+            "run one process, or leave --cuda-graphs out"
+        )
+    if tcfg.gradient_accumulate_every > 1:
+        # a replayed backward's gradients are views of the graph's memory (irt4.train.graphed)
+        raise InputError(
+            f"--cuda-graphs needs gradient_accumulate_every=1, this recipe accumulates "
+            f"{tcfg.gradient_accumulate_every} micro-batches: raise batch_size instead"
+        )
 
 
 # ---- RNG state, as tensors and plain values so that checkpoints load with weights_only -------------
@@ -243,6 +269,7 @@ class Trainer:
     ):
         self.stage, self.cfg, self.options, self.env = stage, cfg, options, env
         self.tcfg = tcfg = stage.trainer_cfg
+        check_run_options(options, env, tcfg)
         self.run_dir = options.run_dir
         device = env.device
         self.channels_last = device.type == "cuda"
@@ -275,6 +302,8 @@ class Trainer:
                 module, device_ids=[device] if device.type == "cuda" else None, static_graph=True
             )
         self.ddp = wrapped if env.active else None
+        if options.cuda_graphs:
+            wrapped = GraphedModule(module)  # one process, not compiled: check_run_options
         self.wrapped = torch.compile(wrapped) if options.compile else wrapped
         if device.type == "cuda" and options.precision != "fp32":
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -366,6 +395,7 @@ class Trainer:
             "world_size": self.env.world_size,
             "precision": self.options.precision,
             "compile": self.options.compile,
+            "cuda_graphs": self.options.cuda_graphs,
             "device": str(self.env.device),
             "hardware": hardware(),
             "steps_per_s": None,
@@ -374,6 +404,7 @@ class Trainer:
             "checkpoints": [p.name for _, p in list_checkpoints(self.run_dir)],
             "train_time_s": round(self.train_time, 3),
             "time_budget_s": self.options.time_budget_s,
+            "init_from": previous.get("init_from", self.options.init_from),
             "stop_reason": None,
         }
         write_json_atomic(run_json, self.record)
@@ -415,7 +446,8 @@ class Trainer:
         dtype = AUTOCAST_DTYPES.get(self.options.precision)
         if dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.env.device.type, dtype=dtype)
+        # a CUDA graph must hold the weight casts, not autocast's cached copies (irt4.train.graphed)
+        return torch.autocast(self.env.device.type, dtype=dtype, cache_enabled=not self.options.cuda_graphs)
 
     def _to_device(self, batch: dict) -> dict:
         moved = {}
