@@ -11,10 +11,10 @@ and saves one logsumexp per query; the backward recomputes the probabilities blo
 
 Numerics: the scores, the softmax statistics and every accumulator are fp32; the probabilities and dS are
 rounded to the input dtype before their matmuls (as flash-attention does), and fp32 inputs use IEEE fp32
-dots, not TF32. The head dimension is padded to a power of two and masked. Large heads (d > 128, the VAE)
-are tiled over d: q k^T and dO v^T are reduced over d in chunks of BLOCK_D, and the backward gives each
-program one BLOCK_DV-wide slice of dq / dk / dv (recomputing the scores once per slice) so that no
-program holds a (block, 512) fp32 accumulator pair.
+dots, not TF32. The head dimension is padded to a power of two and masked. Large heads (d > 128, the VAE;
+d > 64 in fp32) are tiled over d: q k^T and dO v^T are reduced over d in chunks of BLOCK_D, and the
+backward gives each program one BLOCK_DV-wide slice of dq / dk / dv (recomputing the scores once per
+slice) so that no program holds a (block, 512) fp32 accumulator pair.
 
 Where it runs: CUDA tensors use the compiled kernels; CPU tensors use them through the Triton
 interpreter when TRITON_INTERPRET=1 was set before this module was imported (tests/conftest.py does);
@@ -29,7 +29,11 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-LOG2E = 1.4426950408889634
+# log2(e): the host's float, and the kernels' copy. A @triton.jit function may read a global only if it is a
+# tl.constexpr instance (`LOG2E: tl.constexpr = ...` is not one): compiling for a GPU raises NameError on
+# any other global, although the interpreter accepts it (tests/kernels/test_gpu_compile.py checks this).
+_LOG2E = 1.4426950408889634
+LOG2E = tl.constexpr(_LOG2E)
 # Read once: Triton decides interpreter or compiler when the kernels are decorated, at import.
 _INTERPRETER = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -107,7 +111,9 @@ def _dot_over_d(
     acc = tl.zeros((a_rows.shape[0], b_rows.shape[0]), dtype=tl.float32)
     a_row_mask = a_rows < seq_len
     b_row_mask = b_rows < seq_len
-    for chunk in tl.static_range(NUM_D_CHUNKS):
+    # A loop, not tl.static_range: unrolled, every chunk's tiles were live in shared memory at once (d = 512:
+    # 150 KB in bf16, up to 300 KB in fp32, over the GPUs' 163-227 KB per block); looped, one chunk's are.
+    for chunk in range(NUM_D_CHUNKS):
         offs_d = chunk * BLOCK_D + tl.arange(0, BLOCK_D)
         d_mask = offs_d < head_dim
         a = tl.load(
@@ -463,18 +469,38 @@ def _attention_bwd_dq_kernel(
 # ---------------------------------------------------------------- launchers
 
 
-def _block_config(head_dim: int) -> dict:
-    """Tile sizes by head dimension. Chosen for correctness and register budget, not tuned on a GPU yet.
+def _block_config(head_dim: int, dtype: torch.dtype) -> dict:
+    """Tile sizes by head dimension and dtype. Chosen so that every kernel compiles for sm_80 and sm_90 within
+    their shared memory (163 / 227 KB per block) and mostly without register spills (ptxas's counts, see
+    tests/kernels/test_gpu_compile.py); not tuned for speed on a GPU yet.
 
-    d <= 128: one d chunk, 64 x 64 tiles (a 49-token Swin window is one tile). d > 128 (the VAE's 512):
+    16-bit inputs, d <= 128: one d chunk, 64 x 64 tiles (a 49-token Swin window is one tile); three pipeline
+    stages up to d = 64, two at d = 128 (three need 173 KB on sm_80 in the dk/dv kernel). fp32 inputs use
+    IEEE fp32 dots, which run on FMA units, not tensor cores: 32 x 32 tiles and d chunks / slices of at most
+    64 (64 x 64 fp32 tiles spill hundreds of registers per thread). d > 128 (the VAE's 512), any dtype:
     32 x 32 tiles, scores reduced over d in 128-wide chunks, backward accumulators in 128-wide slices; the
     forward keeps one (32, 512) fp32 accumulator (64 registers per thread at 8 warps).
     """
     padded = max(16, triton.next_power_of_2(head_dim))
-    if padded <= 128:
-        return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=padded, BLOCK_DV=padded, HEAD_DIM=padded, num_warps=4)
-    # Two stages: a (32, 512) bf16 V tile is 32 KiB of shared memory per stage.
-    return dict(BLOCK_M=32, BLOCK_N=32, BLOCK_D=128, BLOCK_DV=128, HEAD_DIM=padded, num_warps=8, num_stages=2)
+    if padded > 128:
+        return dict(
+            BLOCK_M=32, BLOCK_N=32, BLOCK_D=128, BLOCK_DV=128, HEAD_DIM=padded, num_warps=8, num_stages=2
+        )
+    if dtype == torch.float32:
+        chunk = min(padded, 64)
+        return dict(
+            BLOCK_M=32, BLOCK_N=32, BLOCK_D=chunk, BLOCK_DV=chunk, HEAD_DIM=padded, num_warps=4, num_stages=2
+        )
+    stages = 3 if padded <= 64 else 2
+    return dict(
+        BLOCK_M=64,
+        BLOCK_N=64,
+        BLOCK_D=padded,
+        BLOCK_DV=padded,
+        HEAD_DIM=padded,
+        num_warps=4,
+        num_stages=stages,
+    )
 
 
 def _lead3(t: Tensor) -> Tensor:
@@ -498,7 +524,7 @@ def _launch_args(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> tuple[
     # An absent bias is never read (HAS_BIAS is False); q stands in for its pointer.
     b5 = _lead3(bias.expand(*lead, seq_len, seq_len)) if bias is not None else q5
     strides = [s for t in (q5, k5, v5, b5) for s in t.stride()]
-    config = _block_config(head_dim)
+    config = _block_config(head_dim, q.dtype)
     interpreted_bf16 = _INTERPRETER and q.dtype == torch.bfloat16
     meta = dict(
         HAS_BIAS=bias is not None,
@@ -520,7 +546,7 @@ def _forward_triton(
     del meta["BLOCK_DV"]
     grid = (num_lead * triton.cdiv(seq_len, meta["BLOCK_M"]),)
     _attention_fwd_kernel[grid](
-        q5, k5, v5, b5, out, lse, *strides, lead1, lead2, seq_len, head_dim, scale * LOG2E, **meta
+        q5, k5, v5, b5, out, lse, *strides, lead1, lead2, seq_len, head_dim, scale * _LOG2E, **meta
     )
     return out, lse
 

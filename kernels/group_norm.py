@@ -466,13 +466,22 @@ def _pixel_strides(x: torch.Tensor) -> tuple[int, int]:
 
 
 def _launch_config(c_per_group: int, hw: int) -> dict[str, int]:
-    """Tile shape and number of pixel chunks (programs per group) for groups of c_per_group x hw.
-    Not tuned on a GPU yet (issue 6)."""
+    """Tile shape, warps and number of pixel chunks (programs per group) for groups of c_per_group x hw.
+    Not tuned on a GPU yet (issue 6). A full 4096-element tile gets 8 warps (16 elements per thread): at 4,
+    ptxas spilled up to ~300 bytes per thread in the backward kernels at 64 channels per group (the UNet's
+    deepest level; tests/kernels/test_gpu_compile.py reports registers and spills)."""
     block_c = min(triton.next_power_of_2(c_per_group), MAX_BLOCK_C)
     block_s = max(min(triton.next_power_of_2(hw), TILE_ELEMENTS // block_c), 16)
     tiles = min(TILES_PER_PROGRAM, triton.cdiv(hw, block_s))
     num_chunks = triton.cdiv(hw, block_s * tiles)
-    return {"BLOCK_C": block_c, "BLOCK_S": block_s, "TILES": tiles, "num_chunks": num_chunks}
+    num_warps = 8 if block_c * block_s >= TILE_ELEMENTS else 4
+    return {
+        "BLOCK_C": block_c,
+        "BLOCK_S": block_s,
+        "TILES": tiles,
+        "num_chunks": num_chunks,
+        "num_warps": num_warps,
+    }
 
 
 def _forward(

@@ -103,11 +103,12 @@ def _check_against_reference(shape, bias_kind, dtype, device, scale=None, seed=0
 REFERENCE_CASES = [
     pytest.param((2, 4, 2, 49, 32), "table", id="swin_window_bias_broadcast_over_batch_and_windows"),
     pytest.param((2, 4, 2, 49, 32), "shifted", id="swin_shifted_window_mask_minus_100"),
-    pytest.param((1, 4, 100, 32), "none", id="unet_mid_100_tokens_two_ragged_blocks"),
+    pytest.param((1, 4, 100, 32), "none", id="unet_mid_100_tokens_ragged_last_block"),
     pytest.param((1, 1, 45, 512), "none", id="vae_single_head_d512_tiled_over_d_two_ragged_blocks"),
+    pytest.param((1, 1, 40, 128), "none", id="d128_fp32_tiled_over_d_in_64_wide_chunks"),
     pytest.param((3, 2, 5, 32), "full", id="n_smaller_than_smallest_tile"),
     pytest.param((2, 3, 33, 20), "full", id="ragged_n_and_non_power_of_two_head_dim"),
-    pytest.param((130, 16), "full", id="no_leading_dims_three_blocks"),
+    pytest.param((130, 16), "full", id="no_leading_dims_five_blocks"),
 ]
 
 
