@@ -15,6 +15,7 @@
 # OUTDIR/*-cuda.json into bench/results/ and run `python -m bench.run --regenerate` for RESULTS.md.
 # Limits (s) of the slow prepare steps: GPU_TESTS_LIMIT [240], ENGINE_LIMIT [420]; GPU_TEST_MARKERS
 # [gpu] selects the GPU tests (e.g. "gpu and not slow" leaves out the CUDA AOTInductor builds).
+# BENCH_EXTRA: more bench.run options for the measure stage (e.g. --no-compile).
 # IRT4_BENCH_DRY=1: the same steps on the CPU with the tiny preset and small caps (no install, no GPU
 # tests, no engine build), to check the Python side of the GPU run anywhere.
 set -u
@@ -75,9 +76,12 @@ else
     # --row-seconds after its first call, a slow eager row its first call only: sampling ~40 s at batch
     # 1, ~35 s at 8, ~45 s at 32 plus the compile cap; training ~30 s plus its compile row.
     # bench/run.py prints the estimate (from the measured peak) and the actual time of every row.
-    BENCH_ARGS=(--batches 1,8,32 --repeats 5 --warmup 1 --row-seconds 4
+    # Batch 32 first: it carries the headline numbers, and a section cut by its cap loses its last rows.
+    # (The first H200 run, 2026-11-26: peak 1 s, flops 4 s, sampling 178 s with the Triton and engine
+    # rows failing fast; training and kernels ran to their caps.)
+    BENCH_ARGS=(--batches 32,1,8 --repeats 5 --warmup 1 --row-seconds 4
         --compile-batches 32 --compile-timeout 60 --cpu-batches 1
-        --section-timeout peak=20,flops=40,sampling=190,training=60,kernels=25)
+        --section-timeout peak=15,flops=15,sampling=190,training=50,kernels=20)
     MEASURE_LIMIT=380
 fi
 
@@ -137,7 +141,7 @@ gpu_tests() {
 measure() {
     log "# measure: estimate <= $MEASURE_LIMIT s (the sum of the section caps plus start-up)"
     step bench "$MEASURE_LIMIT" "$PY" -m bench.run --device "$DEVICE" --preset "$PRESET" --out "$OUT" \
-        --onnx-dir "$OUT/model/onnx" --engine-dir "$OUT/engine" "${BENCH_ARGS[@]}"
+        --onnx-dir "$OUT/model/onnx" --engine-dir "$OUT/engine" "${BENCH_ARGS[@]}" ${BENCH_EXTRA:-}
     step results-preview 60 "$PY" -c \
         "import sys; from pathlib import Path; from bench.report import regenerate_results_md as r; o = Path(sys.argv[1]); r(o, o / 'RESULTS.md')" \
         "$OUT"
