@@ -3,7 +3,6 @@
 #include <torch/extension.h>
 #include <torch/version.h>
 
-#include <sstream>
 #include <string>
 
 #include "engine.h"
@@ -13,11 +12,7 @@ namespace py = pybind11;
 
 namespace {
 
-std::string shape_str(const at::Tensor& tensor) {
-  std::ostringstream out;
-  out << tensor.sizes();
-  return out.str();
-}
+using irt4::shape_str;
 
 void check_like_x(const at::Tensor& tensor, const char* name, const at::Tensor& x) {
   if (tensor.scalar_type() != at::kFloat) {

@@ -11,13 +11,13 @@
 
 namespace irt4 {
 
-namespace {
-
 std::string shape_str(const at::Tensor& tensor) {
   std::ostringstream out;
   out << tensor.sizes();
   return out.str();
 }
+
+namespace {
 
 void check_float_on(const at::Tensor& tensor, const char* name, const at::Device& device) {
   if (tensor.scalar_type() != at::kFloat) {

@@ -19,6 +19,9 @@ class AOTIModelPackageLoader;
 
 namespace irt4 {
 
+// "[2, 3, 80, 80]": a tensor's shape for error messages (engine.cpp, bindings.cpp).
+std::string shape_str(const at::Tensor& tensor);
+
 // One compiled graph: tensors in the order its GraphSpec declares them (irt4/export/onnx.py), tensors
 // out. `stream` is a cudaStream_t for CUDA networks (0: the default stream), ignored on the CPU.
 class Network {
