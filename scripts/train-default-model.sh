@@ -7,15 +7,16 @@
 #
 # Environment (defaults in brackets): PY [python3], DEVICE [cuda], DATA [datasets/synth-irt4-train],
 # VAE_SECONDS [60], LDM_SECONDS [150], WORKERS [2], LDM_ARGS [] (extra irt4-train ldm options, e.g.
-# --compile: this preset's eager LDM step is launch-bound, 96 samples/s on an H200; if the run with
+# --cuda-graphs: this preset's eager LDM step is launch-bound, ~135 samples/s on an H200; if the run with
 # LDM_ARGS fails, an eager run follows), BASELINE_ARGS [] (extra options of the baseline run).
-# The baseline trains for VAE_SECONDS + LDM_SECONDS, side by side with the two diffusion stages. Each stage is an ordinary `irt4-train` run: rerun a
-# stage with --resume to continue it; RESUME=1 EXTRA_SECONDS=N does that for the finished recipe (the LDM
-# and the baseline each get N more seconds, so their budgets stay equal). At the end the EMA weights are
-# written as fp16 bundles. INIT_FROM=DIR (e.g. irt4/assets) continues the shipped models instead of
-# starting from scratch: no VAE stage, the LDM starts from DIR/default-small.safetensors and the
-# baseline from DIR/baseline-small.safetensors (`irt4-train --init-from`), both for LDM_SECONDS:
-# RUN_DIR/default-small.safetensors and RUN_DIR/baseline-small.safetensors.
+# The baseline trains for VAE_SECONDS + LDM_SECONDS, side by side with the two diffusion stages. At the
+# end the EMA weights are written as fp16 bundles: RUN_DIR/default-small.safetensors and
+# RUN_DIR/baseline-small.safetensors.
+# Each stage is an ordinary `irt4-train` run: rerun a stage with --resume to continue it; RESUME=1
+# EXTRA_SECONDS=N does that for the finished recipe (the LDM and the baseline each get N more seconds,
+# so their budgets stay equal). INIT_FROM=DIR (e.g. irt4/assets) continues the shipped models instead
+# of starting from scratch: no VAE stage, the LDM starts from DIR/default-small.safetensors and the
+# baseline from DIR/baseline-small.safetensors (`irt4-train --init-from`), both for LDM_SECONDS.
 set -u
 RUN=${1:?usage: scripts/train-default-model.sh RUN_DIR}
 PY=${PY:-python3}
