@@ -15,3 +15,15 @@ def committed_dataset() -> Path:
     """The small ray-traced RadioMapSeer-layout data set committed under tests/data (its README)."""
     assert (COMMITTED_DATASET / "png" / "buildings_complete").is_dir(), f"{COMMITTED_DATASET} is missing"
     return COMMITTED_DATASET
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a module of small training runs: two threads only contend on a shared
+    2-core machine. Use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -22,13 +22,7 @@ from irt4.models.bundle import load_model, save_bundle
 from irt4.models.radiodiff import RadioDiff
 from irt4.train.checkpoint import read_checkpoint
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def baseline_argv(root: Path, out: Path, steps: int) -> list[str]:

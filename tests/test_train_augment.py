@@ -12,13 +12,7 @@ from irt4.data.radiomapseer import RadioMapSeer
 from irt4.train.augment import DIHEDRAL, DihedralAugmented, dihedral, dihedral_rowcol, inverse_dihedral
 from irt4.train.checkpoint import read_checkpoint
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def common(root: Path) -> list[str]:
