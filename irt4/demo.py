@@ -26,8 +26,9 @@ from irt4.infer import (
     DatasetPairs,
     InferenceOptions,
     InferenceResult,
+    collect_metrics,
     run_inference,
-    score_pairs,
+    score_map,
     write_metrics,
     write_png,
 )
@@ -69,15 +70,18 @@ def run_free_space(source: DatasetPairs, options: InferenceOptions, db_range) ->
     options.out.mkdir(parents=True, exist_ok=True)
     result = InferenceResult()
     start = time.perf_counter()
+    metrics: dict[int, dict] = {}
     for index, pair in enumerate(source.pairs):
         item = source.load(index)
         grey = free_space(
             item.buildings.float(), transmitter_rowcol(item.cond[None]), MAP_SIZE, db_range=db_range
         )
-        write_png(options.out / f"{pair.name}.png", np.round(grey[0, 0].numpy() * 255).astype(np.uint8))
+        written = np.round(grey[0, 0].numpy() * 255).astype(np.uint8)
+        write_png(options.out / f"{pair.name}.png", written)
+        score_map(metrics, index, pair, item, written, options, db_range)
         result.written += 1
     result.seconds = time.perf_counter() - start
-    score_pairs(source, list(range(len(source.pairs))), options, db_range, result)
+    collect_metrics(result, [metrics[i] for i in range(len(source.pairs)) if i in metrics])
     return result
 
 

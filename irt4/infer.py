@@ -319,12 +319,16 @@ def run_inference(model, source, options: InferenceOptions) -> InferenceResult:
 
     options.out.mkdir(parents=True, exist_ok=True)
     sampler = make_sampler(model, options)
-    db_low, db_high = sampler.cfg.data.gain_db_range
+    db_range = sampler.cfg.data.gain_db_range
+    db_low, db_high = db_range
     indices = shard_indices(len(source.pairs), options.shard)
     todo = [
         i for i in indices if options.overwrite or not (options.out / f"{source.pairs[i].name}.png").exists()
     ]
     result = InferenceResult(reused=len(indices) - len(todo))
+    preview = set(indices[:PREVIEW_PAIRS])
+    kept: dict[int, PairInput] = {}  # the preview's inputs, so no pair is read twice
+    metrics: dict[int, dict] = {}
     bar = tqdm(total=len(todo), unit="map", disable=not options.progress, desc="sampling")
     for batch in _batches(todo, options.batch_size):
         inputs = [source.load(i) for i in batch]
@@ -335,59 +339,73 @@ def run_inference(model, source, options: InferenceOptions) -> InferenceResult:
         )
         maps = sampler(torch.stack([x.cond for x in inputs]), noise)
         result.seconds += time.perf_counter() - start
-        for pair, radio in zip(pairs, maps):
-            write_png(options.out / f"{pair.name}.png", np.round(radio.numpy() * 255).astype(np.uint8))
+        for index, pair, item, radio in zip(batch, pairs, inputs, maps):
+            grey = np.round(radio.numpy() * 255).astype(np.uint8)
+            write_png(options.out / f"{pair.name}.png", grey)
             if options.save_db:
                 np.save(
                     options.out / f"{pair.name}.npy",
                     (db_low + (db_high - db_low) * radio.numpy()).astype(np.float32),
                 )
+            # the PNG is lossless: scoring `grey` scores exactly what was written
+            score_map(metrics, index, pair, item, grey, options, db_range)
+            if index in preview:
+                kept[index] = item
         result.written += len(batch)
         bar.update(len(batch))
         bar.set_postfix(maps_per_s=f"{result.maps_per_s:.2f}")
     bar.close()
-    _write_preview(source, indices[:PREVIEW_PAIRS], options.out)
-    score_pairs(source, indices, options, sampler.cfg.data.gain_db_range, result)
+    sampled = set(todo)
+    for index in (i for i in indices if i not in sampled):  # an earlier run's outputs, scored from disk
+        item = source.load(index)
+        if index in preview:
+            kept[index] = item
+        grey = read_grey(options.out / f"{source.pairs[index].name}.png")
+        score_map(metrics, index, source.pairs[index], item, grey, options, db_range)
+    _write_preview(source, [i for i in indices if i in preview], options.out, kept)
+    collect_metrics(result, [metrics[i] for i in indices if i in metrics])
     return result
 
 
-def _write_preview(source, indices: list[int], out: Path) -> None:
-    """preview.png: condition, prediction, ground truth and error of the first pairs, coloured."""
+def _write_preview(source, indices: list[int], out: Path, inputs: dict[int, PairInput]) -> None:
+    """preview.png: condition, prediction, ground truth and error of the first pairs, coloured
+    (`inputs`: each of those pairs' loaded input)."""
     from irt4.train.logs import save_sample_grid
 
     if not indices:
         return
-    inputs = [source.load(i) for i in indices]
+    items = [inputs[i] for i in indices]
     predicted = torch.stack(
         [
             torch.from_numpy(read_grey(out / f"{source.pairs[i].name}.png") / 255.0).float()[None]
             for i in indices
         ]
     )
-    target = None if any(x.gain is None for x in inputs) else torch.stack([x.gain[None] for x in inputs])
-    save_sample_grid(out / "preview.png", predicted, target, torch.stack([x.cond for x in inputs]))
+    target = None if any(x.gain is None for x in items) else torch.stack([x.gain[None] for x in items])
+    save_sample_grid(out / "preview.png", predicted, target, torch.stack([x.cond for x in items]))
 
 
-def score_pairs(
-    source, indices: list[int], options: InferenceOptions, db_range, result: InferenceResult
+def score_map(
+    metrics: dict[int, dict], index: int, pair: Pair, item: PairInput, grey: np.ndarray, options, db_range
 ) -> None:
-    """Metrics of every pair of this shard that has ground truth, from the PNGs on disk."""
-    for i in indices:
-        pair = source.pairs[i]
-        item = source.load(i)
-        if item.gain is None:
-            continue
-        predicted = torch.from_numpy(read_grey(options.out / f"{pair.name}.png").astype(np.float64) / 255)
-        outdoor = (1 - item.buildings)[None] if options.mask_buildings else None
-        values = radio_map_metrics(predicted[None], item.gain.double()[None], db_range, outdoor)
-        result.per_pair_metrics.append(
-            {"map_id": pair.map_id, "tx_index": pair.tx_index, **{k: v.item() for k, v in values.items()}}
-        )
-    if result.per_pair_metrics:
-        names = [k for k in result.per_pair_metrics[0] if k not in ("map_id", "tx_index")]
-        result.summary = aggregate(
-            {n: torch.tensor([row[n] for row in result.per_pair_metrics]) for n in names}
-        )
+    """The metrics of one written map (8-bit grey) against its ground truth, if it has one."""
+    if item.gain is None:
+        return
+    predicted = torch.from_numpy(grey.astype(np.float64) / 255)
+    outdoor = (1 - item.buildings)[None] if options.mask_buildings else None
+    values = radio_map_metrics(predicted[None], item.gain.double()[None], db_range, outdoor)
+    metrics[index] = {
+        "map_id": pair.map_id,
+        "tx_index": pair.tx_index,
+        **{k: v.item() for k, v in values.items()},
+    }
+
+
+def collect_metrics(result: InferenceResult, rows: list[dict]) -> None:
+    result.per_pair_metrics = rows
+    if rows:
+        names = [k for k in rows[0] if k not in ("map_id", "tx_index")]
+        result.summary = aggregate({n: torch.tensor([row[n] for row in rows]) for n in names})
 
 
 def write_metrics(result: InferenceResult, options: InferenceOptions, protocol: dict) -> list[Path]:

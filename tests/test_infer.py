@@ -207,3 +207,27 @@ def test_wrong_checkpoint_and_missing_inputs_exit_2(root, tmp_path, capsys):
 def test_bad_shard_is_refused(root, checkpoint, tmp_path, capsys):
     assert _run("--checkpoint", checkpoint, "--data", root, "--out", tmp_path / "o", "--shard", "2/2") == 2
     assert "--shard" in capsys.readouterr().err
+
+
+def test_each_pair_is_read_once_and_a_resumed_run_scores_the_same(root, checkpoint, tmp_path):
+    """Sampling, scoring and the preview share one load per pair; a rerun that samples nothing
+    scores the PNGs on disk and gets exactly the metrics the first run computed from memory."""
+    from collections import Counter
+
+    from irt4.infer import DatasetPairs, InferenceOptions, run_inference
+    from irt4.models.bundle import load_model
+
+    model, _ = load_model(checkpoint)
+    source = DatasetPairs(RadioMapSeer(root, split="all", image_size=model.cfg.image_size))
+    loads, read = Counter(), source.load
+    source.load = lambda index: (loads.update([index]), read(index))[1]
+    options = InferenceOptions(out=tmp_path, steps=1, batch_size=3, progress=False)
+
+    fresh = run_inference(model, source, options)
+    assert fresh.written == len(source.pairs) and sorted(loads) == list(range(len(source.pairs)))
+    assert set(loads.values()) == {1}
+    loads.clear()
+    resumed = run_inference(model, source, options)
+    assert resumed.written == 0 and set(loads.values()) == {1}
+    assert resumed.per_pair_metrics == fresh.per_pair_metrics and fresh.per_pair_metrics
+    assert (tmp_path / "preview.png").is_file()
