@@ -17,6 +17,8 @@
 # so their budgets stay equal). INIT_FROM=DIR (e.g. irt4/assets) continues the shipped models instead
 # of starting from scratch: no VAE stage, the LDM starts from DIR/default-small.safetensors and the
 # baseline from DIR/baseline-small.safetensors (`irt4-train --init-from`), both for LDM_SECONDS.
+# On the 2-core CPU machine: DEVICE=cpu WORKERS=0 OMP_NUM_THREADS=1 (the two runs side by side, one core
+# each; irt4/assets/README.md, phase 2).
 set -u
 RUN=${1:?usage: scripts/train-default-model.sh RUN_DIR}
 PY=${PY:-python3}
