@@ -70,7 +70,7 @@ def run_free_space(source: DatasetPairs, options: InferenceOptions, db_range) ->
     options.out.mkdir(parents=True, exist_ok=True)
     result = InferenceResult()
     start = time.perf_counter()
-    metrics: dict[int, dict] = {}
+    rows = []
     for index, pair in enumerate(source.pairs):
         item = source.load(index)
         grey = free_space(
@@ -78,10 +78,10 @@ def run_free_space(source: DatasetPairs, options: InferenceOptions, db_range) ->
         )
         written = np.round(grey[0, 0].numpy() * 255).astype(np.uint8)
         write_png(options.out / f"{pair.name}.png", written)
-        score_map(metrics, index, pair, item, written, options, db_range)
+        rows.append(score_map(pair, item, written, options, db_range))
         result.written += 1
     result.seconds = time.perf_counter() - start
-    collect_metrics(result, [metrics[i] for i in range(len(source.pairs)) if i in metrics])
+    collect_metrics(result, rows)
     return result
 
 

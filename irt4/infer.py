@@ -328,7 +328,7 @@ def run_inference(model, source, options: InferenceOptions) -> InferenceResult:
     result = InferenceResult(reused=len(indices) - len(todo))
     preview = set(indices[:PREVIEW_PAIRS])
     kept: dict[int, PairInput] = {}  # the preview's inputs, so no pair is read twice
-    metrics: dict[int, dict] = {}
+    metrics: dict[int, dict | None] = {}
     bar = tqdm(total=len(todo), unit="map", disable=not options.progress, desc="sampling")
     for batch in _batches(todo, options.batch_size):
         inputs = [source.load(i) for i in batch]
@@ -348,7 +348,7 @@ def run_inference(model, source, options: InferenceOptions) -> InferenceResult:
                     (db_low + (db_high - db_low) * radio.numpy()).astype(np.float32),
                 )
             # the PNG is lossless: scoring `grey` scores exactly what was written
-            score_map(metrics, index, pair, item, grey, options, db_range)
+            metrics[index] = score_map(pair, item, grey, options, db_range)
             if index in preview:
                 kept[index] = item
         result.written += len(batch)
@@ -361,9 +361,9 @@ def run_inference(model, source, options: InferenceOptions) -> InferenceResult:
         if index in preview:
             kept[index] = item
         grey = read_grey(options.out / f"{source.pairs[index].name}.png")
-        score_map(metrics, index, source.pairs[index], item, grey, options, db_range)
+        metrics[index] = score_map(source.pairs[index], item, grey, options, db_range)
     _write_preview(source, [i for i in indices if i in preview], options.out, kept)
-    collect_metrics(result, [metrics[i] for i in indices if i in metrics])
+    collect_metrics(result, [metrics[i] for i in indices])
     return result
 
 
@@ -385,23 +385,19 @@ def _write_preview(source, indices: list[int], out: Path, inputs: dict[int, Pair
     save_sample_grid(out / "preview.png", predicted, target, torch.stack([x.cond for x in items]))
 
 
-def score_map(
-    metrics: dict[int, dict], index: int, pair: Pair, item: PairInput, grey: np.ndarray, options, db_range
-) -> None:
-    """The metrics of one written map (8-bit grey) against its ground truth, if it has one."""
+def score_map(pair: Pair, item: PairInput, grey: np.ndarray, options, db_range) -> dict | None:
+    """The metrics row of one written map (8-bit grey) against its ground truth; None without one."""
     if item.gain is None:
-        return
+        return None
     predicted = torch.from_numpy(grey.astype(np.float64) / 255)
     outdoor = (1 - item.buildings)[None] if options.mask_buildings else None
     values = radio_map_metrics(predicted[None], item.gain.double()[None], db_range, outdoor)
-    metrics[index] = {
-        "map_id": pair.map_id,
-        "tx_index": pair.tx_index,
-        **{k: v.item() for k, v in values.items()},
-    }
+    return {"map_id": pair.map_id, "tx_index": pair.tx_index, **{k: v.item() for k, v in values.items()}}
 
 
-def collect_metrics(result: InferenceResult, rows: list[dict]) -> None:
+def collect_metrics(result: InferenceResult, rows: list[dict | None]) -> None:
+    """The per-pair rows (None: a pair without ground truth) and their summary, into `result`."""
+    rows = [row for row in rows if row is not None]
     result.per_pair_metrics = rows
     if rows:
         names = [k for k in rows[0] if k not in ("map_id", "tx_index")]
