@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# The optional second device call of a GPU session: while the machine that ran scripts/device-session.sh
-# is still warm (its checkpoints live in WORK), give the default model and its baseline EXTRA_SECONDS
-# more training each (equal budgets), rewrite the bundles and pack them like the first call did.
+# An optional extra device call of a GPU session: while the machine that ran
+# `scripts/device-session.sh OUT prepare` is still warm (its checkpoints live in WORK), give the
+# default model and its baseline EXTRA_SECONDS more training each (equal budgets), rewrite the
+# bundles and pack them like that call did. (On 2026-11-26 a resumed LDM run cached its latents with
+# a random VAE; fixed since in irt4-train, tests/test_train.py.)
 #
 #   EXTRA_SECONDS=120 scripts/device-continue.sh OUT [WORK]
 set -u
 OUT=${1:?usage: scripts/device-continue.sh OUT [WORK]}
 WORK=${2:-/tmp/irt4-device}
 export PYTHONUNBUFFERED=1 RESUME=1 EXTRA_SECONDS=${EXTRA_SECONDS:-120}
-# the same settings as scripts/device-session.sh: the budgets add up as they did there
+# the same settings as `scripts/device-session.sh OUT prepare`: the budgets add up as they did there
 export INIT_FROM=${INIT_FROM-irt4/assets}
-export VAE_SECONDS=${VAE_SECONDS:-40} LDM_SECONDS=${LDM_SECONDS:-200} WORKERS=${WORKERS:-4}
+export VAE_SECONDS=${VAE_SECONDS:-40} LDM_SECONDS=${LDM_SECONDS:-340} WORKERS=${WORKERS:-4}
 export LDM_ARGS=${LDM_ARGS---cuda-graphs}
 mkdir -p "$OUT"
 log() { echo "[device-continue $(date +%T)] $*" | tee -a "$OUT/session.log"; }

@@ -1,54 +1,76 @@
 #!/usr/bin/env bash
-# Everything one lent GPU session does, in one command (the device time is scarce: ~10 minutes):
-#   1. side by side: train the default model and its baseline (scripts/train-default-model.sh) and
-#      prepare the benchmarks (bench/gpu.sh --stage prepare: build the extension, GPU tests, engine);
-#   2. alone on the GPU, so the timings are clean: bench/gpu.sh --stage measure;
-#   3. pack the results into at most a few files under OUT (the device tool returns 8 files at most).
+# What a lent GPU session does, in two device calls (the device time is scarce: 15 minutes, start-up
+# and idle waits included; one call runs at most 600 s):
 #
-#   scripts/device-session.sh OUT [WORK]
+#   scripts/device-session.sh OUT prepare   # call 1, timeout_s 480: ~450 s
+#   scripts/device-session.sh OUT measure   # call 2, right after (the machine is released after 30 s
+#                                           # idle), timeout_s 330: ~300 s
+#
+# prepare: side by side, train the default model and its baseline (scripts/train-default-model.sh)
+#          and prepare the benchmarks (bench/gpu.sh --stage prepare: build the extension, GPU tests,
+#          the bench model and the engine); pack the training results and the logs into OUT.
+# measure: alone on the GPU, so that the timings are clean: bench/gpu.sh --stage measure; pack the
+#          bench results into OUT/bench.tgz.
+# After both: cat OUT/train.tgz.part-* | tar xz (bundles and reports), bench.tgz's *-cuda.json into
+# bench/results/ and `python -m bench.run --regenerate`. WORK [/tmp/irt4-device] holds the work files
+# on the device machine; a warm machine keeps them between the two calls.
+#
+# What the sessions of 2026-11-26 taught:
+#   - Inductor needed over 3 minutes for the small LDM's first step: no --compile in training;
+#   - the CUDA AOTInductor engine build of the irt4-radiodiff UNet was still compiling after 226 s
+#     (sharing the machine with training and the GPU tests): it gets most of call 1 here;
+#   - the sampling section took 187 s of its 190 s cap at batches 32, 1 and 8 with no engine rows:
+#     batch 8 is left out, for the engine rows.
 set -u
-OUT=${1:?usage: scripts/device-session.sh OUT [WORK]}
-WORK=${2:-/tmp/irt4-device}
+OUT=${1:?usage: scripts/device-session.sh OUT prepare|measure}
+STAGE=${2:?usage: scripts/device-session.sh OUT prepare|measure}
+WORK=${WORK:-/tmp/irt4-device}
 export PYTHONUNBUFFERED=1 CMAKE_BUILD_PARALLEL_LEVEL=16
-# Sized for one device call (at most 600 s) inside the 15 minutes of device time a session gets,
-# start-up included (~30 s): prepare and training side by side (<= 270 s), then measuring (<= 290 s);
-# run it as the session's first device call, with timeout_s 600. The CUDA AOTInductor tests are left
-# out of the GPU tests; the engine build (AOTInductor packages only) gets 240 s.
-# What the session of 2026-11-26 taught: Inductor needed over 3 minutes for the small LDM's first
-# step (so no --compile here), and the engine build, after a second ONNX export, ran out of time.
-export GPU_TEST_MARKERS=${GPU_TEST_MARKERS:-"gpu and not slow"} GPU_TESTS_LIMIT=${GPU_TESTS_LIMIT:-150}
-export ENGINE_LIMIT=${ENGINE_LIMIT:-240}
-# torch.compile's rows ran past their cap on the H200 (recorded in bench/RESULTS.md): their time goes to
-# the CUDA-graph and engine rows this time
-export BENCH_EXTRA=${BENCH_EXTRA---no-compile}
-# Training continues the shipped models (INIT_FROM=irt4/assets; INIT_FROM= starts from scratch with a
-# VAE stage of VAE_SECONDS): the LDM and the baseline each get LDM_SECONDS more.
-export INIT_FROM=${INIT_FROM-irt4/assets}
-export VAE_SECONDS=${VAE_SECONDS:-40} LDM_SECONDS=${LDM_SECONDS:-200} WORKERS=${WORKERS:-4}
-# the small preset's eager LDM step is launch-bound on a GPU (~135 samples/s on an H200): its UNet is
-# captured in CUDA graphs (the recipe falls back to eager if that fails); LDM_ARGS= (empty) trains eager
-export LDM_ARGS=${LDM_ARGS---cuda-graphs}
 mkdir -p "$OUT" "$WORK/train" "$WORK/bench"
-log() { echo "[device-session $(date +%T)] $*" | tee -a "$OUT/session.log"; }
+log() { echo "[device-session $STAGE $(date +%T)] $*" | tee -a "$OUT/session.log"; }
 
-log "start: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1)"
-log "${PY:-python3} $("${PY:-python3}" -c 'import sys, torch; print(sys.version.split()[0], torch.__version__)')"
+prepare() {
+    # the CUDA AOTInductor tests are left out of the GPU tests (their builds are the engine's, again)
+    export GPU_TEST_MARKERS=${GPU_TEST_MARKERS:-"gpu and not slow"} GPU_TESTS_LIMIT=${GPU_TESTS_LIMIT:-200}
+    export ENGINE_LIMIT=${ENGINE_LIMIT:-400}
+    # Training continues the shipped models (INIT_FROM=irt4/assets; INIT_FROM= starts from scratch with
+    # a VAE stage of VAE_SECONDS): the LDM and the baseline each get LDM_SECONDS more, side by side.
+    export INIT_FROM=${INIT_FROM-irt4/assets}
+    export VAE_SECONDS=${VAE_SECONDS:-40} LDM_SECONDS=${LDM_SECONDS:-340} WORKERS=${WORKERS:-4}
+    # the small preset's eager LDM step is launch-bound on a GPU (~135 samples/s on an H200); in CUDA
+    # graphs it did 413 (the recipe falls back to eager if the capture fails); LDM_ARGS= trains eager
+    export LDM_ARGS=${LDM_ARGS---cuda-graphs}
+    log "start: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1)"
+    log "${PY:-python3} $("${PY:-python3}" -c 'import sys, torch; print(sys.version.split()[0], torch.__version__)')"
+    local limit=${PREPARE_TIMEOUT:-440}
+    timeout "$limit" bash scripts/train-default-model.sh "$WORK/train" >"$WORK/train/train.log" 2>&1 &
+    local train_pid=$!
+    timeout "$limit" bash bench/gpu.sh "$WORK/bench" --stage prepare >"$WORK/bench/prepare.log" 2>&1 &
+    local prepare_pid=$!
+    wait "$prepare_pid"
+    log "bench prepare exit $? ($(ls "$WORK/bench/engine" 2>/dev/null | tr '\n' ' '))"
+    wait "$train_pid"
+    log "train exit $?"
+    # Only what we keep: the bundles, the reports and logs; no optimizer checkpoints. The tool returns
+    # files of at most 16 MiB: the archive is split (cat train.tgz.part-* | tar xz).
+    (cd "$WORK" && tar czf - --exclude='*.pt' --exclude='*.onnx' --exclude='*.pt2' train |
+        split -b 15M - "$OUT/train.tgz.part-") && log "train archive: $(ls "$OUT" | grep -c part-) part(s)"
+    cp "$WORK/bench/gpu.log" "$OUT/prepare-gpu.log" 2>/dev/null
+}
 
-timeout "${TRAIN_TIMEOUT:-270}" bash scripts/train-default-model.sh "$WORK/train" >"$WORK/train/train.log" 2>&1 &
-train_pid=$!
-timeout "${PREPARE_TIMEOUT:-270}" bash bench/gpu.sh "$WORK/bench" --stage prepare >"$WORK/bench/prepare.log" 2>&1 &
-prepare_pid=$!
-wait "$prepare_pid"
-log "prepare exit $?"
-wait "$train_pid"
-log "train exit $?"
+measure() {
+    # torch.compile's rows ran past their cap on the H200 (bench/RESULTS.md): their time goes to the
+    # CUDA-graph and engine rows
+    export BENCH_EXTRA=${BENCH_EXTRA---no-compile --batches 32,1}
+    timeout "${MEASURE_TIMEOUT:-300}" bash bench/gpu.sh "$WORK/bench" --stage measure >"$WORK/bench/measure.log" 2>&1
+    log "measure exit $?"
+    (cd "$WORK" && tar czf "$OUT/bench.tgz" --exclude='engine' --exclude='model' bench) &&
+        log "bench.tgz $(du -h "$OUT/bench.tgz" | cut -f1)"
+}
 
-timeout "${MEASURE_TIMEOUT:-290}" bash bench/gpu.sh "$WORK/bench" --stage measure >"$WORK/bench/measure.log" 2>&1
-log "measure exit $?"
-
-# Only what we keep: the bundles, the reports and logs, the bench JSON; no optimizer checkpoints.
-# the tool returns files of at most 16 MiB: the archive is split (cat train.tgz.part-* | tar xz)
-(cd "$WORK" && tar czf - --exclude='*.pt' --exclude='*.onnx' --exclude='*.pt2' train |
-    split -b 15M - "$OUT/train.tgz.part-") && log "train archive: $(ls "$OUT" | grep -c part-) part(s)"
-(cd "$WORK" && tar czf "$OUT/bench.tgz" --exclude='engine' --exclude='model' bench) && log "bench.tgz $(du -h "$OUT/bench.tgz" | cut -f1)"
+case $STAGE in
+    prepare) prepare ;;
+    measure) measure ;;
+    *) echo "usage: scripts/device-session.sh OUT prepare|measure" >&2; exit 2 ;;
+esac
 log "done"

@@ -388,18 +388,20 @@ def _relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
 def test_gpu_small_unet_graphs_replay_the_eager_outputs_gradients_and_statistics():
     """A real make_graphed_callables capture of the `small` UNet (bf16 autocast, channels-last, as the
     trainer runs it) against eager calls of a twin on the same inputs, over a few replays and a
-    second batch size; then eval and no-grad calls run eagerly."""
+    second batch size; then eval and no-grad calls run eagerly. A parameter's gradient may differ from
+    the eager bf16 one by 5 %, or by twice the eager bf16 gradient's own distance to fp32 (STYLE.md's
+    rule): on the H200 (2026-11-26) a Swin norm bias's 1e-6 gradients differed by 8 % in bf16."""
     device = torch.device("cuda")
     # no random ops, so that both see the same computation
     cfg = apply_overrides(load_config("small"), ["swin.stochastic_depth=0.0", "unet.relation_dropout=0.0"])
     torch.manual_seed(0)
     unet = RadioDiff(cfg).unet.to(device, memory_format=torch.channels_last).train()
-    twin = copy.deepcopy(unet)
+    twin, fp32_twin = copy.deepcopy(unet), copy.deepcopy(unet)
     graphed = GraphedModule(unet)
 
-    def call(module, inputs):
+    def call(module, inputs, dtype=torch.bfloat16):
         module.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
+        with torch.autocast("cuda", dtype=dtype, cache_enabled=False, enabled=dtype != torch.float32):
             outputs = module(*inputs)
         sum(o.float().square().mean() for o in outputs).backward()
         grads = [p.grad.clone() if p.grad is not None else None for p in module.parameters()]
@@ -411,12 +413,15 @@ def test_gpu_small_unet_graphs_replay_the_eager_outputs_gradients_and_statistics
         cond = cond.contiguous(memory_format=torch.channels_last)
         got_out, got_grads = call(graphed, (latent, t, cond))
         want_out, want_grads = call(twin, (latent, t, cond))
+        _, fp32_grads = call(fp32_twin, (latent, t, cond), torch.float32)
         for got, want in zip(got_out, want_out):
             assert _relative_error(got, want) < 1e-2, step
-        for (name, _), got, want in zip(unet.named_parameters(), got_grads, want_grads):
+        named = [name for name, _ in unet.named_parameters()]
+        for name, got, want, exact in zip(named, got_grads, want_grads, fp32_grads):
             assert (got is None) == (want is None), name
             if want is not None and want.norm() > 0:
-                assert _relative_error(got, want) < 5e-2, (step, name)
+                bf16_noise = _relative_error(want, exact)
+                assert _relative_error(got, want) <= max(2 * bf16_noise, 5e-2), (step, name, bf16_noise)
     assert len(graphed.graphs) == 2
     for (name, got), want in zip(unet.named_buffers(), twin.buffers()):
         if got.is_floating_point():

@@ -119,6 +119,45 @@ def test_ldm_with_cached_latents_runs(vae_run, data_root, tmp_path):
     assert run_json(run)["status"] == "completed"
 
 
+def test_resumed_ldm_with_cached_latents_matches_an_uninterrupted_run(vae_run, data_root, tmp_path):
+    """The latent cache of a resumed run is encoded by the checkpoint's VAE, not the freshly built one
+    (the bug of 2026-11-26: a resumed H200 run trained 1,600 steps on the latents of a random VAE)."""
+    argv = ["ldm", *common(data_root), "--vae", str(vae_run / "last.pt"), "--cache-latents"]
+    argv += ["--sample-steps", "1", "--set", "trainer.save_every=2"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert main([*argv, "--out", str(straight), "--steps", "4"]) == 0
+    assert main([*argv, "--out", str(resumed), "--steps", "2"]) == 0
+    assert main([*argv, "--out", str(resumed), "--steps", "4", "--resume"]) == 0
+    a, b = read_checkpoint(straight / "last.pt"), read_checkpoint(resumed / "last.pt")
+    assert a["step"] == b["step"] == 4
+    for key in ("model", "ema", "optimizer"):
+        assert _same_tensors(a[key], b[key]), key
+
+
+def test_ldm_stage_re_caches_latents_when_a_loaded_state_brings_another_vae(data_root):
+    """The safety net behind the test above, for code that builds a Trainer itself."""
+    from irt4.config import apply_overrides, load_config
+    from irt4.train.stages import LDMStage, datasets
+
+    cfg = apply_overrides(load_config("tiny"), ["data.split=auto", "data.num_workers=0"])
+    train_set, sample_set = datasets(cfg, data_root)
+    torch.manual_seed(0)
+    stage = LDMStage(cfg, train_set, sample_set, vae_weights=None, cache_latents=True)
+    stage.to(torch.device("cpu"), torch.contiguous_format)
+    stale = stage.latent_cache
+    torch.manual_seed(1)
+    other = LDMStage(cfg, train_set, sample_set, vae_weights=None)  # another random VAE
+    stage.load_model_state(other.model_state())
+    assert not torch.equal(stage.latent_cache[0], stale[0])
+    other.cache_latents = True
+    other.to(torch.device("cpu"), torch.contiguous_format)
+    for got, want in zip(stage.latent_cache, other.latent_cache):
+        torch.testing.assert_close(got, want)
+    unchanged = stage.latent_cache
+    stage.load_model_state(stage.model_state())  # the same VAE: the cache is kept, not recomputed
+    assert stage.latent_cache is unchanged
+
+
 def _wait_for_step(run: Path, process: subprocess.Popen, step: int) -> None:
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and process.poll() is None:

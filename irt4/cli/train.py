@@ -198,6 +198,7 @@ def train(args: argparse.Namespace) -> int:
         BaselineStage,
         LDMStage,
         VAEStage,
+        checkpoint_vae_weights,
         datasets,
         init_from_trained,
         read_vae_weights,
@@ -252,7 +253,10 @@ def train(args: argparse.Namespace) -> int:
             raise InputError("--vae and --init-from both give the VAE: pass one of them")
         if resume is None and init_from is None and args.vae is None:
             raise InputError("--vae is required: the checkpoint of an `irt4-train vae` run")
-        vae_weights = None if resume is not None or init_from is not None else read_vae_weights(args.vae, cfg)
+        if resume is not None:  # the checkpoint's VAE, so that --cache-latents encodes with it once
+            vae_weights = checkpoint_vae_weights(resume[1])
+        else:
+            vae_weights = None if init_from is not None else read_vae_weights(args.vae, cfg)
         stage = LDMStage(cfg, train_set, sample_set, vae_weights, cache_latents=args.cache_latents)
     if init_from is not None:
         init_from_trained(stage, init_from)

@@ -119,6 +119,15 @@ def read_vae_weights(path: Path, cfg: Config) -> dict[str, torch.Tensor]:
     return checkpoint["ema"]
 
 
+def checkpoint_vae_weights(checkpoint: dict) -> dict[str, torch.Tensor]:
+    """The frozen VAE of an ldm-stage checkpoint (its `vae.*` model tensors), without the prefix."""
+    return {
+        name.removeprefix("vae."): value
+        for name, value in checkpoint["model"].items()
+        if name.startswith("vae.")
+    }
+
+
 class LDMStage:
     """Trains the conditional UNet on latents of the frozen VAE.
 
@@ -205,7 +214,16 @@ class LDMStage:
         return self.model.state_dict()
 
     def load_model_state(self, state: dict[str, torch.Tensor]) -> None:
+        vae_before = {name: value.clone() for name, value in self.model.vae.state_dict().items()}
         self.model.load_state_dict(state)
+        vae_after = self.model.vae.state_dict()
+        if self.latent_cache is not None and any(
+            not torch.equal(vae_before[name], vae_after[name]) for name in vae_before
+        ):
+            # a resumed run cached its latents (Trainer.__init__, stage.to) before its checkpoint's VAE
+            # arrived: latents of the wrong VAE would silently retrain the UNet on noise
+            log.info("the checkpoint's VAE differs from the one the latents were cached with: re-caching")
+            self.latent_cache = self._encode_all(self.model.scale_factor.device)
 
     def scale_factor(self) -> float | None:
         return float(self.model.scale_factor)
