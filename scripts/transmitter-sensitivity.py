@@ -1,0 +1,74 @@
+"""Does a diffusion model use the transmitter? Two measurements on the demo's held-out pairs
+(tests/data/synth-irt4, two transmitters per map), as quoted in irt4/assets/README.md:
+
+1. from the maps `python -m irt4.demo` wrote: for each model in DEMO_OUT, in how many pairs its map is
+   closer (RMSE) to its own ray-traced truth than to the other transmitter's truth on the same map (a
+   model that ignores the transmitter scores about half);
+2. from the bundle: how much the UNet's first-step C prediction (t = 0.999, one fixed x_t) and the
+   Swin condition features move when the transmitter moves, against another city.
+
+    .venv/bin/python scripts/transmitter-sensitivity.py [BUNDLE] [DEMO_OUT]
+"""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from irt4.data.pngio import read_grey
+from irt4.data.radiomapseer import RadioMapSeer
+from irt4.models.bundle import load_model
+
+ROOT = Path("tests/data/synth-irt4")
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((b - a).norm() / a.norm()).item()
+
+
+def closer_to_own_truth(demo_out: Path) -> None:
+    truth = ROOT / "gain" / "IRT4"
+    for model in sorted(p for p in demo_out.iterdir() if p.is_dir()):
+        preds = sorted(model.glob("*_*.png"))
+        closer = 0
+        for pred_path in preds:
+            map_id, tx = pred_path.stem.split("_")
+            pred = read_grey(pred_path).astype(np.float64)
+            own = read_grey(truth / pred_path.name).astype(np.float64)
+            other = read_grey(truth / f"{map_id}_{1 - int(tx)}.png").astype(np.float64)
+            closer += np.sqrt(((pred - own) ** 2).mean()) < np.sqrt(((pred - other) ** 2).mean())
+        print(f"{model.name}: closer to its own transmitter's truth in {closer} of {len(preds)} pairs")
+
+
+@torch.no_grad()
+def network_sensitivity(bundle: Path) -> None:
+    model, _ = load_model(bundle)
+    data = RadioMapSeer(ROOT, split="all", image_size=model.cfg.image_size)
+    conds = {(int(item["map_id"]), int(item["tx_index"])): item["cond"][None] for item in data}
+    maps = sorted({m for m, _ in conds})
+    x = torch.randn(1, *model.latent_shape, generator=torch.Generator().manual_seed(0))
+    t = torch.full((1,), 0.999)
+    tx_moved, other_city, first_stage, deepest = [], [], [], []
+    for i, m in enumerate(maps):
+        here, moved, elsewhere = conds[(m, 0)], conds[(m, 1)], conds[(maps[(i + 1) % len(maps)], 0)]
+        c_here = model.unet(x, t, here)[0]
+        tx_moved.append(relative(c_here, model.unet(x, t, moved)[0]))
+        other_city.append(relative(c_here, model.unet(x, t, elsewhere)[0]))
+        f_here, f_moved = model.unet.encode_condition(here), model.unet.encode_condition(moved)
+        first_stage.append(relative(f_here[0], f_moved[0]))
+        deepest.append(relative(f_here[-1], f_moved[-1]))
+    print(
+        f"{bundle}: first-step C prediction moves {100 * np.mean(tx_moved):.2f} % with the transmitter, "
+        f"{100 * np.mean(other_city):.1f} % with another city; condition features: first stage "
+        f"{100 * np.mean(first_stage):.2f} %, deepest {100 * np.mean(deepest):.3f} % "
+        f"(means over {len(maps)} maps)"
+    )
+
+
+if __name__ == "__main__":
+    bundle = Path(sys.argv[1] if len(sys.argv) > 1 else "irt4/assets/default-small.safetensors")
+    demo_out = Path(sys.argv[2] if len(sys.argv) > 2 else "demo-out")
+    if demo_out.is_dir():
+        closer_to_own_truth(demo_out)
+    network_sensitivity(bundle)
