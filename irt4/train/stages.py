@@ -214,12 +214,13 @@ class LDMStage:
         return self.model.state_dict()
 
     def load_model_state(self, state: dict[str, torch.Tensor]) -> None:
+        if self.latent_cache is None:
+            self.model.load_state_dict(state)
+            return
         vae_before = {name: value.clone() for name, value in self.model.vae.state_dict().items()}
         self.model.load_state_dict(state)
         vae_after = self.model.vae.state_dict()
-        if self.latent_cache is not None and any(
-            not torch.equal(vae_before[name], vae_after[name]) for name in vae_before
-        ):
+        if any(not torch.equal(vae_before[name], vae_after[name]) for name in vae_before):
             # a resumed run cached its latents (Trainer.__init__, stage.to) before its checkpoint's VAE
             # arrived: latents of the wrong VAE would silently retrain the UNet on noise
             log.info("the checkpoint's VAE differs from the one the latents were cached with: re-caching")
