@@ -99,6 +99,10 @@ class DiffusionConfig:
     loss_clamp: float = 1000.0
     scale_factor: float = 0.3  # initial value; replaced by 1/std(z) on the first batch
     scale_by_std: bool = True
+    # training timesteps t = eps + (1 - eps) u^(1/t_power), u ~ U(0, 1): 1 is the reference's uniform t;
+    # above 1 more steps land near t = 1, where x_t is noise and the network must predict the map from
+    # the condition alone (the part a short run learns last; irt4/assets/README.md, phase 4)
+    t_power: float = 1.0
 
 
 @dataclass
@@ -209,6 +213,8 @@ class Config:
             raise ConfigError(f"kernels must be 'torch' or 'triton', got {self.kernels!r}")
         if not 0.0 < self.diffusion.eps < 1.0 / self.diffusion.sampling_steps:
             raise ConfigError("diffusion.eps must lie in (0, 1/diffusion.sampling_steps)")
+        if not self.diffusion.t_power > 0:
+            raise ConfigError(f"diffusion.t_power must be positive, got {self.diffusion.t_power}")
         for key in ("trainer", "vae_trainer"):
             trainer = getattr(self, key)
             if trainer.precision not in ("fp32", "bf16", "fp16"):

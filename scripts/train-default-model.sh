@@ -8,7 +8,9 @@
 # Environment (defaults in brackets): PY [python3], DEVICE [cuda], DATA [datasets/synth-irt4-train],
 # VAE_SECONDS [60], LDM_SECONDS [150], WORKERS [2], LDM_ARGS [] (extra irt4-train ldm options, e.g.
 # --cuda-graphs: this preset's eager LDM step is launch-bound, ~135 samples/s on an H200; if the run with
-# LDM_ARGS fails, an eager run follows), BASELINE_ARGS [] (extra options of the baseline run).
+# LDM_ARGS fails, an eager run follows), BASELINE_ARGS [] (extra options of the baseline run),
+# T_POWER [3] (the LDM's diffusion.t_power: more training steps near t = 1, where the map must come from the
+# condition alone; 1 is the reference's uniform t; irt4/assets/README.md, phase 4).
 # The baseline trains for VAE_SECONDS + LDM_SECONDS, side by side with the two diffusion stages. At the
 # end the EMA weights are written as fp16 bundles: RUN_DIR/default-small.safetensors and
 # RUN_DIR/baseline-small.safetensors.
@@ -27,6 +29,7 @@ DATA=${DATA:-datasets/synth-irt4-train}
 VAE_SECONDS=${VAE_SECONDS:-60}
 LDM_SECONDS=${LDM_SECONDS:-150}
 WORKERS=${WORKERS:-2}
+T_POWER=${T_POWER:-3}
 EXTRA_SECONDS=${EXTRA_SECONDS:-0}
 RESUME=${RESUME:-0}
 INIT_FROM=${INIT_FROM:-}
@@ -48,7 +51,8 @@ ldm() { # ldm OUT_NAME [extra options]: the diffusion UNet on the VAE's cached l
     shift
     [ "$RESUME" = 1 ] && local LDM_START=() # a resumed run has its weights
     "$PY" -m irt4.cli.train ldm "${COMMON[@]}" --out "$RUN/$name" "${LDM_START[@]}" --cache-latents \
-        --time-budget "$((LDM_SECONDS + EXTRA_SECONDS))" --set trainer.batch_size=32 --set trainer.save_every=1000 "$@"
+        --time-budget "$((LDM_SECONDS + EXTRA_SECONDS))" --set trainer.batch_size=32 --set trainer.save_every=1000 \
+        --set diffusion.t_power="$T_POWER" "$@"
 }
 
 diffusion() {

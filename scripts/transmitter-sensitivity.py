@@ -1,11 +1,16 @@
-"""Does a diffusion model use the transmitter? Two measurements on the demo's held-out pairs
+"""Does a diffusion model use the transmitter? Three measurements on the demo's held-out pairs
 (tests/data/synth-irt4, two transmitters per map), as quoted in irt4/assets/README.md:
 
 1. from the maps `python -m irt4.demo` wrote: for each model in DEMO_OUT, in how many pairs its map is
    closer (RMSE) to its own ray-traced truth than to the other transmitter's truth on the same map (a
    model that ignores the transmitter scores about half);
 2. from the bundle: how much the UNet's first-step C prediction (t = 0.999, one fixed x_t) and the
-   Swin condition features move when the transmitter moves, against another city.
+   Swin condition features move when the transmitter moves, against another city;
+3. from the bundle: the network's x0 estimate (reconstructed from its C and noise predictions) at
+   t = 0.999, 0.7 and 0.4, as mean squared error against the true scaled latent, beside the error of
+   the mean of the map's two transmitters' latents (what knowing the city but not the transmitter
+   can reach). Near t = 1, x_t is noise and the estimate comes from the condition alone: it sets the
+   sampler's course, and a model that learned the transmitter scores well below the city mean there.
 
     .venv/bin/python scripts/transmitter-sensitivity.py [BUNDLE] [DEMO_OUT]
 """
@@ -66,9 +71,38 @@ def network_sensitivity(bundle: Path) -> None:
     )
 
 
+@torch.no_grad()
+def x0_error_by_t(bundle: Path, noises: int = 4) -> None:
+    model, _ = load_model(bundle)
+    data = RadioMapSeer(ROOT, split="all", image_size=model.cfg.image_size)
+    items = {(int(item["map_id"]), int(item["tx_index"])): item for item in data}
+    g = torch.Generator().manual_seed(0)
+    latents = {
+        key: model.vae.encode(item["image"][None]).mean * model.scale_factor for key, item in items.items()
+    }
+    city_mean = np.mean(
+        [((latents[(m, k)] - (latents[(m, 0)] + latents[(m, 1)]) / 2) ** 2).mean().item() for m, k in items]
+    )
+    parts = []
+    for t_value in (0.999, 0.7, 0.4):
+        t = torch.full((noises,), t_value)
+        errors = []
+        for key, item in items.items():
+            z = latents[key]
+            x_t = z * (1 - t_value) + t_value**0.5 * torch.randn(noises, *z.shape[1:], generator=g)
+            c, noise = model.unet(x_t, t, item["cond"][None].expand(noises, -1, -1, -1))
+            errors.append(((x_t - c * t_value - t_value**0.5 * noise - z) ** 2).mean().item())
+        parts.append(f"t = {t_value}: {np.mean(errors):.3f}")
+    print(
+        f"{bundle}: x0 estimate's squared error, {', '.join(parts)}; the city mean of the two "
+        f"transmitters scores {city_mean:.3f}"
+    )
+
+
 if __name__ == "__main__":
     bundle = Path(sys.argv[1] if len(sys.argv) > 1 else "irt4/assets/default-small.safetensors")
     demo_out = Path(sys.argv[2] if len(sys.argv) > 2 else "demo-out")
     if demo_out.is_dir():
         closer_to_own_truth(demo_out)
     network_sensitivity(bundle)
+    x0_error_by_t(bundle)

@@ -5,9 +5,10 @@ import math
 import pytest
 import torch
 
-from irt4.config import DiffusionConfig
+from irt4.config import DiffusionConfig, load_config
 from irt4.diffusion.ddm import loss_weights, pred_kc_loss, q_sample, reconstruct_x0, sample_timesteps
 from irt4.diffusion.schedule import sampler_update, sampling_schedule, step_sigma
+from irt4.errors import ConfigError
 
 
 def test_forward_process_matches_hand_computation():
@@ -79,6 +80,24 @@ def test_loss_is_clamped_per_sample():
 def test_training_timesteps_lie_in_eps_to_one():
     t = sample_timesteps(10_000, 1e-4, torch.Generator().manual_seed(0))
     assert t.min() >= 1e-4 and t.max() <= 1.0
+
+
+@pytest.mark.parametrize("power", [1.0, 3.0])
+def test_training_timesteps_follow_the_power_law(power):
+    """u^(1/p) has CDF x^p: P(t <= x) = ((x - eps) / (1 - eps))^p, and power 1 is the uniform draw."""
+    eps = 1e-4
+    t = sample_timesteps(200_000, eps, torch.Generator().manual_seed(1), power=power)
+    assert t.min() >= eps and t.max() <= 1.0
+    for x in (0.25, 0.5, 0.9):
+        expected = ((x - eps) / (1 - eps)) ** power
+        assert (t <= x).double().mean().item() == pytest.approx(expected, abs=4e-3)
+    if power == 1.0:
+        assert torch.equal(t, sample_timesteps(200_000, eps, torch.Generator().manual_seed(1)))
+
+
+def test_t_power_must_be_positive():
+    with pytest.raises(ConfigError, match="t_power"):
+        load_config("tiny", ["diffusion.t_power=0"])
 
 
 @pytest.mark.parametrize("steps", [1, 3, 5, 50])

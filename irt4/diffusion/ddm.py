@@ -31,10 +31,13 @@ def reconstruct_x0(
 
 
 def sample_timesteps(
-    batch: int, eps: float, generator: torch.Generator | None = None, device=None
+    batch: int, eps: float, generator: torch.Generator | None = None, device=None, power: float = 1.0
 ) -> torch.Tensor:
-    """t ~ U(eps, 1) per sample."""
+    """t = eps + (1 - eps) u^(1/power) per sample, u ~ U(0, 1): uniform on (eps, 1) for power 1 (the
+    reference), density proportional to (t - eps)^(power - 1) otherwise."""
     u = torch.rand(batch, generator=generator, device=device if generator is None else generator.device)
+    if power != 1.0:
+        u = u ** (1.0 / power)
     return (u * (1.0 - eps) + eps).to(device)
 
 
@@ -93,7 +96,7 @@ def training_loss(
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One diffusion training loss on scaled latents x0 (B, C, h, w) and condition images."""
-    t = sample_timesteps(x0.shape[0], cfg.eps, generator, x0.device)
+    t = sample_timesteps(x0.shape[0], cfg.eps, generator, x0.device, cfg.t_power)
     gen_device = x0.device if generator is None else generator.device
     noise = torch.randn(x0.shape, generator=generator, device=gen_device, dtype=x0.dtype).to(x0.device)
     x_t = q_sample(x0, t, noise)
