@@ -23,6 +23,7 @@ import torch
 
 from irt4.data.pngio import read_grey
 from irt4.data.radiomapseer import RadioMapSeer
+from irt4.diffusion.ddm import q_sample, reconstruct_x0
 from irt4.models.bundle import load_model
 
 ROOT = Path("tests/data/synth-irt4")
@@ -89,9 +90,9 @@ def x0_error_by_t(bundle: Path, noises: int = 4) -> None:
         errors = []
         for key, item in items.items():
             z = latents[key]
-            x_t = z * (1 - t_value) + t_value**0.5 * torch.randn(noises, *z.shape[1:], generator=g)
+            x_t = q_sample(z, t, torch.randn(noises, *z.shape[1:], generator=g))
             c, noise = model.unet(x_t, t, item["cond"][None].expand(noises, -1, -1, -1))
-            errors.append(((x_t - c * t_value - t_value**0.5 * noise - z) ** 2).mean().item())
+            errors.append(((reconstruct_x0(x_t, t, c, noise) - z) ** 2).mean().item())
         parts.append(f"t = {t_value}: {np.mean(errors):.3f}")
     print(
         f"{bundle}: x0 estimate's squared error, {', '.join(parts)}; the city mean of the two "
