@@ -47,11 +47,15 @@ def closer_to_own_truth(demo_out: Path) -> None:
         print(f"{model.name}: closer to its own transmitter's truth in {closer} of {len(preds)} pairs")
 
 
-@torch.no_grad()
-def network_sensitivity(bundle: Path) -> None:
-    model, _ = load_model(bundle)
+def held_out_pairs(model) -> dict[tuple[int, int], dict]:
+    """The demo's pairs at the model's resolution, keyed by (map id, transmitter index)."""
     data = RadioMapSeer(ROOT, split="all", image_size=model.cfg.image_size)
-    conds = {(int(item["map_id"]), int(item["tx_index"])): item["cond"][None] for item in data}
+    return {(int(item["map_id"]), int(item["tx_index"])): item for item in data}
+
+
+@torch.no_grad()
+def network_sensitivity(bundle: Path, model, items: dict) -> None:
+    conds = {key: item["cond"][None] for key, item in items.items()}
     maps = sorted({m for m, _ in conds})
     x = torch.randn(1, *model.latent_shape, generator=torch.Generator().manual_seed(0))
     t = torch.full((1,), 0.999)
@@ -73,10 +77,7 @@ def network_sensitivity(bundle: Path) -> None:
 
 
 @torch.no_grad()
-def x0_error_by_t(bundle: Path, noises: int = 4) -> None:
-    model, _ = load_model(bundle)
-    data = RadioMapSeer(ROOT, split="all", image_size=model.cfg.image_size)
-    items = {(int(item["map_id"]), int(item["tx_index"])): item for item in data}
+def x0_error_by_t(bundle: Path, model, items: dict, noises: int = 4) -> None:
     g = torch.Generator().manual_seed(0)
     latents = {
         key: model.vae.encode(item["image"][None]).mean * model.scale_factor for key, item in items.items()
@@ -105,5 +106,7 @@ if __name__ == "__main__":
     demo_out = Path(sys.argv[2] if len(sys.argv) > 2 else "demo-out")
     if demo_out.is_dir():
         closer_to_own_truth(demo_out)
-    network_sensitivity(bundle)
-    x0_error_by_t(bundle)
+    model, _ = load_model(bundle)
+    items = held_out_pairs(model)
+    network_sensitivity(bundle, model, items)
+    x0_error_by_t(bundle, model, items)
