@@ -35,8 +35,11 @@ RESUME=${RESUME:-0}
 INIT_FROM=${INIT_FROM:-}
 if [ -n "$INIT_FROM" ]; then
     VAE_SECONDS=0 # the VAE comes with the model it continues
-    LDM_START=(--init-from "$INIT_FROM/default-small.safetensors")
-    BASELINE_START=(--init-from "$INIT_FROM/baseline-small.safetensors")
+    # a continuation starts a fresh Adam: without a warm-up its first steps undo part of the previous
+    # phase (in both LDM runs of phase 4 the C loss tripled over the first 25 steps)
+    WARMUP=(--set trainer.warmup_steps=50)
+    LDM_START=(--init-from "$INIT_FROM/default-small.safetensors" "${WARMUP[@]}")
+    BASELINE_START=(--init-from "$INIT_FROM/baseline-small.safetensors" "${WARMUP[@]}")
 else
     LDM_START=(--vae "$RUN/vae/last.pt")
     BASELINE_START=()

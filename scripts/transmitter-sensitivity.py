@@ -5,7 +5,8 @@
    closer (RMSE) to its own ray-traced truth than to the other transmitter's truth on the same map (a
    model that ignores the transmitter scores about half);
 2. from the bundle: how much the UNet's first-step C prediction (t = 0.999, one fixed x_t) and the
-   Swin condition features move when the transmitter moves, against another city;
+   Swin condition features move when the transmitter moves, against another city, and per Swin stage
+   how much the token that changes most changes (does the stage still carry the transmitter?);
 3. from the bundle: the network's x0 estimate (reconstructed from its C and noise predictions) at
    t = 0.999, 0.7 and 0.4, as mean squared error against the true scaled latent, beside the error of
    the mean of the map's two transmitters' latents (what knowing the city but not the transmitter
@@ -13,6 +14,9 @@
    sampler's course, and a model that learned the transmitter scores well below the city mean there.
 
     .venv/bin/python scripts/transmitter-sensitivity.py [BUNDLE] [DEMO_OUT]
+
+BUNDLE `random:PRESET` (e.g. random:small) measures 2 on a freshly initialized network (seed 0) instead:
+what training has done to the transmitter's path.
 """
 
 import sys
@@ -21,10 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from irt4.config import load_config
 from irt4.data.pngio import read_grey
 from irt4.data.radiomapseer import RadioMapSeer
 from irt4.diffusion.ddm import q_sample, reconstruct_x0
 from irt4.models.bundle import load_model
+from irt4.models.radiodiff import RadioDiff
 
 ROOT = Path("tests/data/synth-irt4")
 
@@ -53,13 +59,20 @@ def held_out_pairs(model) -> dict[tuple[int, int], dict]:
     return {(int(item["map_id"]), int(item["tx_index"])): item for item in data}
 
 
+def most_changed_token(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest per-token change between two (1, C, H, W) feature maps, relative to the token's norm: a
+    transmitter move touches a few tokens, so the overall change says little about whether a stage
+    still carries it."""
+    return ((a - b).norm(dim=1) / a.norm(dim=1)).max().item()
+
+
 @torch.no_grad()
 def network_sensitivity(bundle: Path, model, items: dict) -> None:
     conds = {key: item["cond"][None] for key, item in items.items()}
     maps = sorted({m for m, _ in conds})
     x = torch.randn(1, *model.latent_shape, generator=torch.Generator().manual_seed(0))
     t = torch.full((1,), 0.999)
-    tx_moved, other_city, first_stage, deepest = [], [], [], []
+    tx_moved, other_city, first_stage, deepest, token_change = [], [], [], [], []
     for i, m in enumerate(maps):
         here, moved, elsewhere = conds[(m, 0)], conds[(m, 1)], conds[(maps[(i + 1) % len(maps)], 0)]
         c_here = model.unet(x, t, here)[0]
@@ -68,12 +81,19 @@ def network_sensitivity(bundle: Path, model, items: dict) -> None:
         f_here, f_moved = model.unet.encode_condition(here), model.unet.encode_condition(moved)
         first_stage.append(relative(f_here[0], f_moved[0]))
         deepest.append(relative(f_here[-1], f_moved[-1]))
+        stages_here, stages_moved = model.unet.cond_backbone(here), model.unet.cond_backbone(moved)
+        token_change.append([most_changed_token(a, b) for a, b in zip(stages_here, stages_moved)])
     print(
         f"{bundle}: first-step C prediction moves {100 * np.mean(tx_moved):.2f} % with the transmitter, "
         f"{100 * np.mean(other_city):.1f} % with another city; condition features: first stage "
         f"{100 * np.mean(first_stage):.2f} %, deepest {100 * np.mean(deepest):.3f} % "
         f"(means over {len(maps)} maps)"
     )
+    by_stage = ", ".join(
+        f"{100 * change:.1f} % at {side}x{side}"
+        for change, side in zip(np.mean(token_change, axis=0), (f.shape[-1] for f in stages_here))
+    )
+    print(f"{bundle}: the Swin token that changes most when the transmitter moves changes by {by_stage}")
 
 
 @torch.no_grad()
@@ -106,6 +126,11 @@ if __name__ == "__main__":
     demo_out = Path(sys.argv[2] if len(sys.argv) > 2 else "demo-out")
     if demo_out.is_dir():
         closer_to_own_truth(demo_out)
+    if str(bundle).startswith("random:"):
+        torch.manual_seed(0)
+        model = RadioDiff(load_config(str(bundle).removeprefix("random:"))).eval()
+        network_sensitivity(bundle, model, held_out_pairs(model))
+        sys.exit()
     model, _ = load_model(bundle)
     items = held_out_pairs(model)
     network_sensitivity(bundle, model, items)
