@@ -6,9 +6,16 @@
 #   scripts/device-session.sh OUT measure   # call 2, right after (the machine is released after 30 s
 #                                           # idle), timeout_s 330: ~300 s
 #
+# or, when the default model (issue 9) matters more than new benchmark numbers, one call:
+#
+#   scripts/device-session.sh OUT train     # timeout_s 600: ~570 s, all of it training
+#
 # prepare: side by side, train the default model and its baseline (scripts/train-default-model.sh)
 #          and prepare the benchmarks (bench/gpu.sh --stage prepare: build the extension, GPU tests,
 #          the bench model and the engine); pack the training results and the logs into OUT.
+# train:   only the default model and its baseline, side by side, LDM_SECONDS [440] each (after the
+#          latent cache and the CUDA-graph capture; TRAIN_TIMEOUT [570] caps the whole); pack as prepare
+#          does. The LDM at 413 samples/s (H200, CUDA graphs) makes ~5,600 steps at batch 32.
 # measure: alone on the GPU, so that the timings are clean: bench/gpu.sh --stage measure; pack the
 #          bench results into OUT/bench.tgz.
 # After both: cat OUT/train.tgz.part-* | tar xz (bundles and reports), bench.tgz's *-cuda.json into
@@ -22,26 +29,44 @@
 #   - the sampling section took 187 s of its 190 s cap at batches 32, 1 and 8 with no engine rows:
 #     batch 8 is left out, for the engine rows.
 set -u
-OUT=${1:?usage: scripts/device-session.sh OUT prepare|measure}
-STAGE=${2:?usage: scripts/device-session.sh OUT prepare|measure}
+OUT=${1:?usage: scripts/device-session.sh OUT prepare|measure|train}
+STAGE=${2:?usage: scripts/device-session.sh OUT prepare|measure|train}
 WORK=${WORK:-/tmp/irt4-device}
 export PYTHONUNBUFFERED=1 CMAKE_BUILD_PARALLEL_LEVEL=16
 mkdir -p "$OUT" "$WORK/train" "$WORK/bench"
 log() { echo "[device-session $STAGE $(date +%T)] $*" | tee -a "$OUT/session.log"; }
 
-prepare() {
-    # the CUDA AOTInductor tests are left out of the GPU tests (their builds are the engine's, again)
-    export GPU_TEST_MARKERS=${GPU_TEST_MARKERS:-"gpu and not slow"} GPU_TESTS_LIMIT=${GPU_TESTS_LIMIT:-200}
-    export ENGINE_LIMIT=${ENGINE_LIMIT:-400}
+train_defaults() {
     # Training continues the shipped models (INIT_FROM=irt4/assets; INIT_FROM= starts from scratch with
     # a VAE stage of VAE_SECONDS): the LDM and the baseline each get LDM_SECONDS more, side by side.
     export INIT_FROM=${INIT_FROM-irt4/assets}
-    export VAE_SECONDS=${VAE_SECONDS:-40} LDM_SECONDS=${LDM_SECONDS:-340} WORKERS=${WORKERS:-4}
+    export VAE_SECONDS=${VAE_SECONDS:-40} LDM_SECONDS=${LDM_SECONDS:-$1} WORKERS=${WORKERS:-4}
     # the small preset's eager LDM step is launch-bound on a GPU (~135 samples/s on an H200); in CUDA
     # graphs it did 413 (the recipe falls back to eager if the capture fails); LDM_ARGS= trains eager
     export LDM_ARGS=${LDM_ARGS---cuda-graphs}
     log "start: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1)"
     log "${PY:-python3} $("${PY:-python3}" -c 'import sys, torch; print(sys.version.split()[0], torch.__version__)')"
+}
+
+pack_training() {
+    # Only what we keep: the bundles, the reports and logs; no optimizer checkpoints. The tool returns
+    # files of at most 16 MiB: the archive is split (cat train.tgz.part-* | tar xz).
+    (cd "$WORK" && tar czf - --exclude='*.pt' --exclude='*.onnx' --exclude='*.pt2' train |
+        split -b 15M - "$OUT/train.tgz.part-") && log "train archive: $(ls "$OUT" | grep -c part-) part(s)"
+}
+
+train() {
+    train_defaults 440
+    timeout "${TRAIN_TIMEOUT:-570}" bash scripts/train-default-model.sh "$WORK/train" >"$WORK/train/train.log" 2>&1
+    log "train exit $?"
+    pack_training
+}
+
+prepare() {
+    # the CUDA AOTInductor tests are left out of the GPU tests (their builds are the engine's, again)
+    export GPU_TEST_MARKERS=${GPU_TEST_MARKERS:-"gpu and not slow"} GPU_TESTS_LIMIT=${GPU_TESTS_LIMIT:-200}
+    export ENGINE_LIMIT=${ENGINE_LIMIT:-400}
+    train_defaults 340
     local limit=${PREPARE_TIMEOUT:-440}
     timeout "$limit" bash scripts/train-default-model.sh "$WORK/train" >"$WORK/train/train.log" 2>&1 &
     local train_pid=$!
@@ -51,10 +76,7 @@ prepare() {
     log "bench prepare exit $? ($(ls "$WORK/bench/engine" 2>/dev/null | tr '\n' ' '))"
     wait "$train_pid"
     log "train exit $?"
-    # Only what we keep: the bundles, the reports and logs; no optimizer checkpoints. The tool returns
-    # files of at most 16 MiB: the archive is split (cat train.tgz.part-* | tar xz).
-    (cd "$WORK" && tar czf - --exclude='*.pt' --exclude='*.onnx' --exclude='*.pt2' train |
-        split -b 15M - "$OUT/train.tgz.part-") && log "train archive: $(ls "$OUT" | grep -c part-) part(s)"
+    pack_training
     cp "$WORK/bench/gpu.log" "$OUT/prepare-gpu.log" 2>/dev/null
 }
 
@@ -71,6 +93,7 @@ measure() {
 case $STAGE in
     prepare) prepare ;;
     measure) measure ;;
-    *) echo "usage: scripts/device-session.sh OUT prepare|measure" >&2; exit 2 ;;
+    train) train ;;
+    *) echo "usage: scripts/device-session.sh OUT prepare|measure|train" >&2; exit 2 ;;
 esac
 log "done"
