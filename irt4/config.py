@@ -115,6 +115,9 @@ class DataConfig:
     # training-set augmentation: "none", or "dihedral" = every sample in its 8 flips/90-degree
     # rotations (buildings, transmitter and gain map together; irt4.train.augment)
     augment: str = "none"
+    # the condition's third channel: "none" = the buildings again (the reference), "log_distance" = the
+    # transmitter's log-distance field (irt4.data.condition); a model is trained and sampled with one
+    tx_field: str = "none"
 
 
 @dataclass
@@ -199,6 +202,12 @@ class Config:
             raise ConfigError(f"diffusion.loss_type must be 'l1' or 'l2', got {self.diffusion.loss_type!r}")
         if self.data.augment not in ("none", "dihedral"):
             raise ConfigError(f"data.augment must be 'none' or 'dihedral', got {self.data.augment!r}")
+        if self.data.tx_field not in ("none", "log_distance"):
+            raise ConfigError(f"data.tx_field must be 'none' or 'log_distance', got {self.data.tx_field!r}")
+        if self.data.tx_field != "none" and self.data.simulation.startswith("cars"):
+            raise ConfigError(
+                "data.tx_field needs the third condition channel, which the cars simulations use"
+            )
         baseline_down = 2 ** (len(self.baseline.dim_mults) - 1)
         if self.image_size % baseline_down:
             raise ConfigError(

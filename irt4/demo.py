@@ -47,8 +47,10 @@ PREVIEW_ROWS = 4
 DEMO_STEPS = 3
 
 
-def _pairs(data: Path, image_size: int, limit: int | None) -> DatasetPairs:
-    source = DatasetPairs(RadioMapSeer(data, split="all", image_size=image_size))
+def _pairs(data: Path, cfg, limit: int | None) -> DatasetPairs:
+    source = DatasetPairs(
+        RadioMapSeer(data, split="all", image_size=cfg.image_size, tx_field=cfg.data.tx_field)
+    )
     if limit is not None:
         source.pairs = source.pairs[:limit]
     return source
@@ -134,7 +136,7 @@ def run(args) -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model, info = load_model(args.model)
     cfg = model.cfg
-    source = _pairs(args.data, cfg.image_size, args.maps)
+    source = _pairs(args.data, cfg, args.maps)
     print(
         f"irt4 demo: {len(source.pairs)} (map, transmitter) pairs of {args.data} (held out from training)\n"
         f"default model: {args.model.name} (preset {cfg.name!r}, {info['weights']} weights), "
@@ -151,7 +153,8 @@ def run(args) -> None:
     if args.baseline is not None:
         regressor, _ = load_baseline(args.baseline)
         out = args.out / "baseline"
-        results["RadioUNet-style regressor"] = run_inference(regressor, source, _options(out, args))
+        regressor_source = _pairs(args.data, regressor.cfg, args.maps)  # its own condition channels
+        results["RadioUNet-style regressor"] = run_inference(regressor, regressor_source, _options(out, args))
         write_metrics(results["RadioUNet-style regressor"], _options(out, args), _protocol(args, cfg))
         folders["regressor"] = out
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from irt4.data.city import transmitter_image
-from irt4.data.condition import condition_tensor
+from irt4.data.condition import condition_tensor, third_channel
 from irt4.data.pngio import MAP_SIZE, read_grey
 from irt4.data.radiomapseer import RadioMapSeer
 from irt4.diffusion.sampler import SamplerNoise, draw_sampler_noise, sample_latents
@@ -100,10 +100,12 @@ def _read_tx_list(path: Path) -> list[tuple[int, int, int, int]]:
 class FolderPairs:
     """Building maps `DIR/{map_id}.png` (256 x 256 grey, 255 = building) and a transmitter list."""
 
-    def __init__(self, maps_dir: Path, tx_file: Path, image_size: int, skip_bad: bool = False):
+    def __init__(
+        self, maps_dir: Path, tx_file: Path, image_size: int, skip_bad: bool = False, tx_field: str = "none"
+    ):
         if not maps_dir.is_dir():
             raise InputError(f"building map folder {maps_dir} does not exist")
-        self.maps_dir, self.image_size = maps_dir, image_size
+        self.maps_dir, self.image_size, self.tx_field = maps_dir, image_size, tx_field
         self.pairs: list[Pair] = []
         self.positions: dict[tuple[int, int], tuple[int, int]] = {}
         self.skipped = 0
@@ -144,7 +146,9 @@ class FolderPairs:
         pair = self.pairs[index]
         buildings = self._read_buildings(pair.map_id)
         row, col = self.positions[(pair.map_id, pair.tx_index)]
-        cond = condition_tensor(buildings, transmitter_image(buildings.shape, row, col), self.image_size)
+        transmitter = transmitter_image(buildings.shape, row, col)
+        third = third_channel(buildings, row, col, self.tx_field)
+        cond = condition_tensor(buildings, transmitter, self.image_size, third)
         return PairInput(cond, torch.from_numpy(buildings), None)
 
 

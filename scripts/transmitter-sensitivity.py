@@ -55,7 +55,7 @@ def closer_to_own_truth(demo_out: Path) -> None:
 
 def held_out_pairs(model) -> dict[tuple[int, int], dict]:
     """The demo's pairs at the model's resolution, keyed by (map id, transmitter index)."""
-    data = RadioMapSeer(ROOT, split="all", image_size=model.cfg.image_size)
+    data = RadioMapSeer(ROOT, split="all", image_size=model.cfg.image_size, tx_field=model.cfg.data.tx_field)
     return {(int(item["map_id"]), int(item["tx_index"])): item for item in data}
 
 

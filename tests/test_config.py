@@ -63,6 +63,11 @@ def test_cross_field_validation_names_the_fields():
         config_from_dict({"unet": {"window_sizes1": [8, 4]}})
     with pytest.raises(ConfigError, match="image_size"):
         config_from_dict({"image_size": 322})
+    with pytest.raises(ConfigError, match="data.tx_field"):
+        config_from_dict({"data": {"tx_field": "dot"}})
+    with pytest.raises(ConfigError, match="cars"):
+        config_from_dict({"data": {"tx_field": "log_distance", "simulation": "carsIRT4"}})
+    assert config_from_dict({"data": {"tx_field": "log_distance"}}).data.tx_field == "log_distance"
 
 
 def test_missing_preset_lists_the_presets():

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from irt4.data.city import random_city, random_transmitter
+from irt4.data.condition import log_distance_field, third_channel
 from irt4.data.radiomapseer import RadioMapSeer
 from irt4.errors import InputError
 
@@ -273,3 +274,38 @@ def _resave(path: Path, size=None, mode=None, invert=False) -> None:
     if mode is not None:
         image = image.convert(mode)
     image.save(path)
+
+
+def test_log_distance_field_is_one_at_the_transmitter_and_falls_with_distance_to_zero_at_the_diagonal():
+    field = log_distance_field((256, 256), 40, 200)
+    assert field.dtype == np.float32 and field.shape == (256, 256)
+    assert field[40, 200] == 1 and field.min() >= 0 and field.max() <= 1
+    distance = np.hypot(*np.mgrid[:256, :256] - np.array([40, 200])[:, None, None])
+    order = np.argsort(distance, axis=None)
+    assert np.all(np.diff(field.flatten()[order]) <= 1e-6)  # never rises with distance
+    corner = log_distance_field((256, 256), 0, 0)
+    np.testing.assert_allclose(
+        corner[255, 255], 1 - np.log1p(np.hypot(255, 255)) / np.log1p(np.hypot(256, 256))
+    )
+    assert third_channel(np.ones((4, 4)), 1, 2, "none").sum() == 16
+
+
+def test_tx_field_puts_the_log_distance_field_third_and_leaves_buildings_and_transmitter(root):
+    plain = RadioMapSeer(root, split="all", image_size=64)[3]
+    item = RadioMapSeer(root, split="all", image_size=64, tx_field="log_distance")[3]
+    torch.testing.assert_close(item["cond"][:2], plain["cond"][:2])
+    row, col = item["tx_rowcol"].tolist()
+    field = torch.from_numpy(log_distance_field((256, 256), row, col))
+    expected = F.interpolate(field[None, None], size=(64, 64), mode="bilinear", antialias=True)[0, 0]
+    torch.testing.assert_close(item["cond"][2], expected * 2 - 1)
+    # the field's peak sits on the transmitter's pixel at the model's resolution
+    peak = divmod(int(item["cond"][2].argmax()), 64)
+    assert abs(peak[0] - row / 4) <= 1 and abs(peak[1] - col / 4) <= 1
+
+
+def test_tx_field_is_checked(root, tmp_path):
+    with pytest.raises(InputError, match="tx_field must be one of"):
+        RadioMapSeer(root, split="all", tx_field="gaussian")
+    write_root(tmp_path / "cars", map_ids=(1,), simulation="carsIRT4")
+    with pytest.raises(InputError, match="third condition channel"):
+        RadioMapSeer(tmp_path / "cars", split="all", simulation="carsIRT4", tx_field="log_distance")

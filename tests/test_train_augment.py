@@ -8,6 +8,7 @@ import torch
 
 from irt4.baseline import transmitter_rowcol
 from irt4.cli.train import main
+from irt4.data.condition import log_distance_field
 from irt4.data.radiomapseer import RadioMapSeer
 from irt4.train.augment import DIHEDRAL, DihedralAugmented, dihedral, dihedral_rowcol, inverse_dihedral
 from irt4.train.checkpoint import read_checkpoint
@@ -141,3 +142,14 @@ def test_time_budget_must_be_positive(committed_dataset, tmp_path, capsys):
     argv = ["baseline", *common(committed_dataset), "--out", str(tmp_path / "run"), "--time-budget", "0"]
     assert main(argv) == 2
     assert "--time-budget must be a positive number" in capsys.readouterr().err
+
+
+def test_augmented_log_distance_field_is_the_field_of_the_moved_transmitter(committed_dataset):
+    # the field is drawn before the transform, so it must be the one a moved transmitter would give
+    dataset = RadioMapSeer(committed_dataset, split="all", image_size=256, tx_field="log_distance")
+    augmented = DihedralAugmented(dataset)
+    for k in range(DIHEDRAL):
+        item = augmented[k * len(dataset) + 1]
+        row, col = item["tx_rowcol"].tolist()
+        expected = torch.from_numpy(log_distance_field((256, 256), row, col)) * 2 - 1
+        torch.testing.assert_close(item["cond"][2], expected)

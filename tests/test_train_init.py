@@ -7,6 +7,7 @@ import torch
 
 from irt4.baseline.bundle import load_baseline, save_baseline
 from irt4.cli.train import main
+from irt4.data.radiomapseer import RadioMapSeer
 from irt4.models.bundle import load_model, save_bundle
 from irt4.train.checkpoint import read_checkpoint
 from tests.test_train_augment import common
@@ -89,3 +90,37 @@ def test_init_from_a_model_of_another_size_names_the_misfit(trained, committed_d
     argv += ["--set", "baseline.dim=16", "--init-from", str(trained / "base.safetensors")]
     assert main(argv) == 2
     assert "does not fit this run's config" in capsys.readouterr().err
+
+
+def test_ldm_init_from_switches_to_the_tx_field_as_the_same_function_and_not_back(
+    trained, committed_dataset, tmp_path, capsys
+):
+    bundle, _ = load_model(trained / "ldm.safetensors")
+    run = tmp_path / "field"
+    argv = ["ldm", *common(committed_dataset), "--out", str(run), "--steps", "1", "--sample-steps", "1"]
+    argv += ["--init-from", str(trained / "ldm.safetensors"), "--set", "trainer.lr=1e-7"]
+    assert main([*argv, "--set", "data.tx_field=log_distance"]) == 0
+    switched, _ = load_model(run / "last.pt", use_ema=False)
+    assert switched.cfg.data.tx_field == "log_distance"
+    name = "unet.cond_backbone.patch_conv.weight"
+    theirs, ours = bundle.get_parameter(name).float(), switched.get_parameter(name)
+    torch.testing.assert_close(ours[:, 0], theirs[:, 0] + theirs[:, 2], rtol=0, atol=1e-5)
+    assert ours[:, 2].abs().max() < 1e-5  # the field's weights start at 0 (one step at lr 1e-7)
+    # the same C and noise from [buildings, transmitter, buildings] before and [.., .., field] after
+    # (with the bundle's BatchNorm statistics: the training step moved them with their momentum)
+    for buffer_name, buffer in bundle.named_buffers():
+        switched.get_buffer(buffer_name).copy_(buffer)
+    plain = RadioMapSeer(committed_dataset, split="all", image_size=bundle.cfg.image_size)[0]["cond"]
+    field = RadioMapSeer(
+        committed_dataset, split="all", image_size=bundle.cfg.image_size, tx_field="log_distance"
+    )
+    torch.manual_seed(0)
+    x, t = torch.randn(1, *bundle.latent_shape), torch.tensor([0.9])
+    with torch.no_grad():
+        before, after = bundle.float().unet(x, t, plain[None]), switched.unet(x, t, field[0]["cond"][None])
+    for a, b in zip(before, after):
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-3)
+    # a field model cannot go back to the buildings twice without losing what it learned
+    argv = ["ldm", *common(committed_dataset), "--out", str(tmp_path / "back"), "--steps", "1"]
+    assert main([*argv, "--init-from", str(run / "last.pt")]) == 2
+    assert "only a switch" in capsys.readouterr().err

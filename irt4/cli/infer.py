@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _source(args, image_size: int):
+def _source(args, image_size: int, tx_field: str):
     from irt4.infer import DatasetPairs, FolderPairs
 
     if (args.data is None) == (args.maps is None):
@@ -127,7 +127,7 @@ def _source(args, image_size: int):
     if args.maps is not None:
         if args.tx is None:
             raise InputError("--maps needs --tx FILE (CSV map_id,tx_index,row,col or JSON)")
-        return FolderPairs(args.maps, args.tx, image_size, skip_bad=args.skip_bad)
+        return FolderPairs(args.maps, args.tx, image_size, skip_bad=args.skip_bad, tx_field=tx_field)
     from irt4.data.radiomapseer import RadioMapSeer
 
     dataset = RadioMapSeer(
@@ -137,6 +137,7 @@ def _source(args, image_size: int):
         simulation=args.simulation,
         image_size=image_size,
         skip_bad=args.skip_bad,
+        tx_field=tx_field,
     )
     return DatasetPairs(dataset)
 
@@ -174,7 +175,7 @@ def run(args) -> int:
             model, info = load_model(args.checkpoint, args.device, use_ema=args.ema)
             described = f"{info['weights']} weights"
         cfg = model.cfg
-    source = _source(args, cfg.image_size)
+    source = _source(args, cfg.image_size, cfg.data.tx_field)
     if args.limit is not None:
         source.pairs = source.pairs[: args.limit]
     options = InferenceOptions(

@@ -1,5 +1,9 @@
 """The model's condition image: [buildings, transmitter, buildings] in [-1, 1] (spec: "Data").
 
+`tx_field="log_distance"` (irt4's option, off in the reference presets) puts the transmitter's
+log-distance field in the third channel instead of the buildings' copy: the same position, seen by
+every token of the conditioning network instead of only the few around the one-pixel dot.
+
 Resizing (model resolution != 256) is bilinear (align_corners=False) for targets and conditions
 alike, as the spec asks; when downsizing it is antialiased, so every disk pixel contributes. The
 one-pixel transmitter would then fade to about 1/f^2 of its height (f = 256/S), so after a
@@ -11,6 +15,27 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+TX_FIELDS = ("none", "log_distance")
+
+
+def log_distance_field(shape: tuple[int, int], row: int, col: int) -> np.ndarray:
+    """(H, W) float32 in [0, 1]: 1 at pixel (row, col), falling linearly in log(1 + distance in pixels)
+    to 0 at the length of the map's diagonal. Free-space pathloss is affine in log distance, so this is
+    the transmitter's position as the smooth field a free-space model would draw (no buildings in it)."""
+    rows = np.arange(shape[0], dtype=np.float64)[:, None] - row
+    cols = np.arange(shape[1], dtype=np.float64)[None, :] - col
+    field = 1 - np.log1p(np.hypot(rows, cols)) / np.log1p(np.hypot(*shape))
+    return field.astype(np.float32)
+
+
+def third_channel(buildings: np.ndarray, row: int, col: int, tx_field: str) -> np.ndarray:
+    """The condition's third channel for `tx_field` (TX_FIELDS): the buildings again, or the field."""
+    if tx_field == "none":
+        return buildings
+    if tx_field == "log_distance":
+        return log_distance_field(buildings.shape, row, col)
+    raise ValueError(f"tx_field must be one of {TX_FIELDS}, got {tx_field!r}")
 
 
 def resize_maps(maps: torch.Tensor, size: int) -> torch.Tensor:

@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import Dataset
 
 from irt4.data.city import transmitter_image
-from irt4.data.condition import condition_tensor, resize_maps
+from irt4.data.condition import TX_FIELDS, condition_tensor, resize_maps, third_channel
 from irt4.data.pngio import MAP_SIZE, png_problem, read_grey
 from irt4.data.splits import GENERATED_FRACTIONS, POSITIONS, is_radiomapseer, resolve_scheme, split_map_ids
 from irt4.errors import InputError
@@ -62,6 +62,8 @@ class RadioMapSeer(Dataset):
             RadioMapSeer's loaders read it; 0 for a root with the opposite polarity). Checked on load.
         map_ids: only these maps (overrides `split`; for looking at single samples).
         split_seed, split_fractions: the 'generated' scheme's shuffle seed and (train, val, test).
+        tx_field: the condition's third channel (irt4.data.condition.TX_FIELDS; the model's
+            `data.tx_field`): "none" keeps the buildings (or the cars map) there.
 
     On a RadioMapSeer root every map has a fixed list of transmitters (IRT4: 0 and 1, else 0..79)
     and a missing file is an error; on a generated root the transmitters of a map are those whose gain
@@ -81,6 +83,7 @@ class RadioMapSeer(Dataset):
         map_ids: list[int] | None = None,
         split_seed: int = 0,
         split_fractions: tuple[float, float, float] = GENERATED_FRACTIONS,
+        tx_field: str = "none",
     ):
         if simulation not in SIMULATIONS:
             raise InputError(f"unknown simulation {simulation!r}; expected one of {list(SIMULATIONS)}")
@@ -90,6 +93,13 @@ class RadioMapSeer(Dataset):
             raise InputError(f"target_divisor must be positive, got {target_divisor}")
         if building_value not in (0, 255):
             raise InputError(f"building_value must be 255 or 0, got {building_value}")
+        if tx_field not in TX_FIELDS:
+            raise InputError(f"tx_field must be one of {list(TX_FIELDS)}, got {tx_field!r}")
+        if tx_field != "none" and simulation.startswith("cars"):
+            raise InputError(
+                f"tx_field {tx_field!r} needs the third condition channel, which {simulation} uses"
+            )
+        self.tx_field = tx_field
         self.root = Path(root)
         self.simulation = simulation
         self.image_size = image_size
@@ -131,7 +141,7 @@ class RadioMapSeer(Dataset):
         gain_pixels = torch.from_numpy(
             read_grey(self.gain_dir / f"{map_id}_{tx_index}.png").astype(np.float32)
         )
-        third = buildings
+        third = third_channel(buildings, row, col, self.tx_field)
         if self.cars_dir is not None:
             third = read_grey(self.cars_dir / f"{map_id}.png").astype(np.float32) / 255
         return {

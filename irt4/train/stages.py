@@ -42,6 +42,7 @@ def datasets(cfg: Config, root: Path) -> tuple[Dataset, Dataset]:
         simulation=cfg.data.simulation,
         image_size=cfg.image_size,
         target_divisor=cfg.data.target_divisor,
+        tx_field=cfg.data.tx_field,
     )
     train_set = RadioMapSeer(root, split="train", **common)
     try:
@@ -291,3 +292,27 @@ def init_from_trained(stage: LDMStage | BaselineStage, path: Path) -> None:
     if isinstance(stage, LDMStage):
         stage.keep_scale_factor = True
     log.info("--init-from: network weights from %s", path)
+    if trained.cfg.data.tx_field != stage.cfg.data.tx_field:
+        _switch_third_channel(stage, trained.cfg.data.tx_field, path)
+
+
+def _switch_third_channel(stage: LDMStage | BaselineStage, theirs: str, path: Path) -> None:
+    """A model trained with the buildings in the condition's third channel (`data.tx_field: none`) goes
+    on with the transmitter's field there: the two equal channels' input weights are summed into the
+    first and the field's start at zero, so the network starts as the function it was (the loss does
+    not jump) and learns to read the field from its gradient."""
+    ours = stage.cfg.data.tx_field
+    if theirs != "none":
+        raise InputError(
+            f"--init-from {path}: trained with data.tx_field={theirs}, this run has {ours}; only a switch "
+            "from 'none' (the buildings twice) keeps what the model learned"
+        )
+    # the conv that reads the condition image
+    name = "unet.cond_backbone.patch_conv.weight" if isinstance(stage, LDMStage) else "encoder.0.0.weight"
+    weight = stage.model.get_parameter(name)
+    with torch.no_grad():
+        weight[:, 0] += weight[:, 2]
+        weight[:, 2] = 0
+    log.info(
+        "--init-from: condition channel 3 is now data.tx_field=%s (%s: its weights start at 0)", ours, name
+    )
