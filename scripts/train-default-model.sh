@@ -10,7 +10,9 @@
 # --cuda-graphs: this preset's eager LDM step is launch-bound, ~135 samples/s on an H200; if the run with
 # LDM_ARGS fails, an eager run follows), BASELINE_ARGS [] (extra options of the baseline run),
 # T_POWER [3] (the LDM's diffusion.t_power: more training steps near t = 1, where the map must come from the
-# condition alone; 1 is the reference's uniform t; irt4/assets/README.md, phase 4).
+# condition alone; 1 is the reference's uniform t; irt4/assets/README.md, phase 4), TX_FIELD [log_distance]
+# (both models' data.tx_field: the transmitter's log-distance field in the condition's third channel,
+# where the reference repeats the buildings; `none` is the reference; irt4/assets/README.md, phase 5).
 # The baseline trains for VAE_SECONDS + LDM_SECONDS, side by side with the two diffusion stages. At the
 # end the EMA weights are written as fp16 bundles: RUN_DIR/default-small.safetensors and
 # RUN_DIR/baseline-small.safetensors.
@@ -30,6 +32,7 @@ VAE_SECONDS=${VAE_SECONDS:-60}
 LDM_SECONDS=${LDM_SECONDS:-150}
 WORKERS=${WORKERS:-2}
 T_POWER=${T_POWER:-3}
+TX_FIELD=${TX_FIELD:-log_distance}
 EXTRA_SECONDS=${EXTRA_SECONDS:-0}
 RESUME=${RESUME:-0}
 INIT_FROM=${INIT_FROM:-}
@@ -47,7 +50,7 @@ fi
 STEPS=1000000 # the time budget ends each run; the step count only has to be out of reach
 mkdir -p "$RUN"
 COMMON=(--config small --data "$DATA" --device "$DEVICE" --workers "$WORKERS" --no-tensorboard
-    --set data.augment=dihedral --steps "$STEPS")
+    --set data.augment=dihedral --set data.tx_field="$TX_FIELD" --steps "$STEPS")
 
 ldm() { # ldm OUT_NAME [extra options]: the diffusion UNet on the VAE's cached latents
     local name=$1

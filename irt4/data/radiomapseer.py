@@ -3,7 +3,8 @@
 A sample is (map m, transmitter k). Its item, at model resolution S = `image_size`:
   image    (1, S, S)     target: gain PNG / target_divisor, resized, then to [-1, 1]
   cond     (3, S, S)     [buildings, transmitter, buildings] in [-1, 1]; the cars simulations give
-                         [buildings, transmitter, cars], as the reference's cars loader builds it
+                         [buildings, transmitter, cars], as the reference's cars loader builds it;
+                         `tx_field="log_distance"`: [buildings, transmitter, its log-distance field]
   gain     (1, 256, 256) gain PNG / 255 on [0, 1] at disk resolution, for metrics (always / 255)
   map_id, tx_index       ints
   tx_rowcol              (2,) long: the transmitter's (row, col) pixel on the 256 x 256 disk grid
