@@ -153,7 +153,11 @@ def run(args) -> None:
     if args.baseline is not None:
         regressor, _ = load_baseline(args.baseline)
         out = args.out / "baseline"
-        regressor_source = _pairs(args.data, regressor.cfg, args.maps)  # its own condition channels
+        ours, theirs = (
+            (cfg.image_size, cfg.data.tx_field),
+            (regressor.cfg.image_size, regressor.cfg.data.tx_field),
+        )
+        regressor_source = source if theirs == ours else _pairs(args.data, regressor.cfg, args.maps)
         results["RadioUNet-style regressor"] = run_inference(regressor, regressor_source, _options(out, args))
         write_metrics(results["RadioUNet-style regressor"], _options(out, args), _protocol(args, cfg))
         folders["regressor"] = out
