@@ -105,6 +105,10 @@ class DiffusionConfig:
     t_power: float = 1.0
 
 
+# the condition's third channel (DataConfig.tx_field; irt4.data.condition draws them)
+TX_FIELDS = ("none", "log_distance")
+
+
 @dataclass
 class DataConfig:
     simulation: str = "IRT4"
@@ -202,8 +206,8 @@ class Config:
             raise ConfigError(f"diffusion.loss_type must be 'l1' or 'l2', got {self.diffusion.loss_type!r}")
         if self.data.augment not in ("none", "dihedral"):
             raise ConfigError(f"data.augment must be 'none' or 'dihedral', got {self.data.augment!r}")
-        if self.data.tx_field not in ("none", "log_distance"):
-            raise ConfigError(f"data.tx_field must be 'none' or 'log_distance', got {self.data.tx_field!r}")
+        if self.data.tx_field not in TX_FIELDS:
+            raise ConfigError(f"data.tx_field must be one of {list(TX_FIELDS)}, got {self.data.tx_field!r}")
         if self.data.tx_field != "none" and self.data.simulation.startswith("cars"):
             raise ConfigError(
                 "data.tx_field needs the third condition channel, which the cars simulations use"

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-TX_FIELDS = ("none", "log_distance")
+from irt4.config import TX_FIELDS
 
 
 def log_distance_field(shape: tuple[int, int], row: int, col: int) -> np.ndarray:

@@ -29,8 +29,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from irt4.config import TX_FIELDS
 from irt4.data.city import transmitter_image
-from irt4.data.condition import TX_FIELDS, condition_tensor, resize_maps, third_channel
+from irt4.data.condition import condition_tensor, resize_maps, third_channel
 from irt4.data.pngio import MAP_SIZE, png_problem, read_grey
 from irt4.data.splits import GENERATED_FRACTIONS, POSITIONS, is_radiomapseer, resolve_scheme, split_map_ids
 from irt4.errors import InputError
@@ -63,7 +64,7 @@ class RadioMapSeer(Dataset):
             RadioMapSeer's loaders read it; 0 for a root with the opposite polarity). Checked on load.
         map_ids: only these maps (overrides `split`; for looking at single samples).
         split_seed, split_fractions: the 'generated' scheme's shuffle seed and (train, val, test).
-        tx_field: the condition's third channel (irt4.data.condition.TX_FIELDS; the model's
+        tx_field: the condition's third channel (irt4.config.TX_FIELDS; the model's
             `data.tx_field`): "none" keeps the buildings (or the cars map) there.
 
     On a RadioMapSeer root every map has a fixed list of transmitters (IRT4: 0 and 1, else 0..79)
