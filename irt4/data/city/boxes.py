@@ -1,7 +1,8 @@
-"""Procedural city maps: building footprints on a street grid and transmitters in the streets.
+"""The first procedural city maps: axis-aligned boxes on a street grid, transmitters in the streets.
 
 Used by the demo (and the data generator) to make inputs without downloading anything. Maps use
-RadioMapSeer's conventions: 1 px = 1 m, building pixels = 1 (255 in the PNG), streets = 0.
+RadioMapSeer's conventions: 1 px = 1 m, building pixels = 1 (255 in the PNG), streets = 0. Committed
+data sets were made from these functions: their output for a given rng must never change.
 """
 
 from __future__ import annotations
