@@ -154,7 +154,7 @@ def trace_all() -> dict:
             diffraction_fix.apply()
             diffraction_fix.apply()
         for name, (mesh, receivers, _) in scenes().items():
-            tracer = RayTracer(mesh, ground_mesh(128), TX[None], rx_per_call, settings)
+            tracer = RayTracer(mesh, ground_mesh(128), TX[None], rx_per_call, settings, fix_diffraction=False)
             gain_db = tracer.path_gain_db(receivers)[0]
             result[f"{label}/{name}"] = [float(g) if np.isfinite(g) else None for g in gain_db]
     original = diffraction_fix._original_sample_diffraction_point

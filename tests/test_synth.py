@@ -10,7 +10,8 @@ from PIL import Image
 
 from irt4.cli.data import main
 from irt4.data import synth
-from irt4.data.city import random_city
+from irt4.data.city import CityLayout, random_city, rasterize
+from irt4.data.city.materials import BUILDING_MATERIALS
 from irt4.data.scene import (
     FACES_PER_BOX,
     VERTICES_PER_BOX,
@@ -30,7 +31,7 @@ L_SHAPE_AND_BOX[4:7, 10:16] = 1  # side wing: an L
 L_SHAPE_AND_BOX[20:28, 18:30] = 1  # a plain box
 
 
-def rasterize(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def rasterize_boxes(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     counts = np.zeros(shape, dtype=np.int64)
     for row0, col0, row1, col1 in boxes:
         counts[row0:row1, col0:col1] += 1
@@ -42,7 +43,7 @@ def test_footprint_boxes_partition_the_mask_exactly():
         mask = random_city(256, np.random.default_rng(seed))
         boxes = footprint_boxes(mask)
         np.testing.assert_array_equal(
-            rasterize(boxes, mask.shape), mask.astype(np.int64)
+            rasterize_boxes(boxes, mask.shape), mask.astype(np.int64)
         )  # no overlap, no gap
     assert len(footprint_boxes(L_SHAPE_AND_BOX)) == 3  # the L becomes two boxes
 
@@ -146,20 +147,26 @@ def test_transmitters_are_distinct_street_pixels_in_the_window_at_least_3m_from_
             assert np.hypot(dx, dy).min() >= 3.0
 
 
-def test_map_content_depends_only_on_seed_and_map_id():
-    settings = synth.SynthSettings()
+@pytest.mark.parametrize("style", ["mixed", "boxes"])
+def test_map_content_depends_only_on_seed_and_map_id(style):
+    settings = synth.SynthSettings(style=style)
     a, again = synth.make_city(settings, 7, 3), synth.make_city(settings, 7, 3)
     np.testing.assert_array_equal(a.buildings, again.buildings)
+    np.testing.assert_array_equal(a.heights, again.heights)
     assert a.transmitters == again.transmitters and a.solver_seed == again.solver_seed
     for other in (synth.make_city(settings, 7, 4), synth.make_city(settings, 8, 3)):
         assert not np.array_equal(a.buildings, other.buildings) and a.transmitters != other.transmitters
-    jittered = synth.make_city(synth.SynthSettings(height_jitter=True), 7, 3)
+
+
+def test_boxes_style_keeps_one_height_unless_jittered():
+    a = synth.make_city(synth.SynthSettings(style=synth.BOXES), 7, 3)
+    jittered = synth.make_city(synth.SynthSettings(style=synth.BOXES, height_jitter=True), 7, 3)
     np.testing.assert_array_equal(jittered.buildings, a.buildings)
     assert (a.heights == 25.0).all() and jittered.heights.std() > 1.0
 
 
-def fake_map(settings: synth.SynthSettings, map_id: int = 4):
-    city = synth.make_city(settings, 0, map_id)
+def fake_map(settings: synth.SynthSettings, map_id: int = 4, seed: int = 0):
+    city = synth.make_city(settings, seed, map_id)
     k, g = settings.tx_per_map, settings.grid
     return city, np.full((k, 256, 256), 90, np.uint8), np.full((k, g, g), -100.0)
 
@@ -233,6 +240,8 @@ def test_resuming_a_root_with_other_settings_is_an_error(tmp_path):
         (["--grid", "300"], "--grid 300: at most 256"),
         (["--start-id", "-1"], "--start-id -1: must be >= 0"),
         (["--building-height", "1"], "--building-height 1: must exceed"),
+        (["--style", "gird"], "unknown style 'gird'"),
+        (["--style", "grid=0"], "must be a positive number"),
     ],
 )
 def test_bad_synth_options_exit_2_with_one_line(tmp_path, capsys, options, message):
@@ -346,11 +355,189 @@ def test_committed_data_set_loads_and_matches_its_metadata(committed_dataset):
     dataset = RadioMapSeer(root, split="all", image_size=64)
     assert len(dataset) == len(maps) * tx_per_map
     # the buildings and transmitters are those the seed gives: regenerating them needs no ray tracer
-    settings = synth.SynthSettings(
-        **{**metadata["settings"], "gain_db_range": tuple(metadata["settings"]["gain_db_range"])}
-    )
+    settings = synth.settings_from_metadata(synth.read_metadata(root))
     city = synth.make_city(settings, metadata["seed"], maps[0])
     with Image.open(root / "png" / "buildings_complete" / f"{maps[0]}.png") as image:
         np.testing.assert_array_equal(np.asarray(image), 255 * city.buildings)
     positions = json.loads((root / "antenna" / f"{maps[0]}.json").read_text())
     assert positions == [[col, row] for row, col in city.transmitters]
+
+
+@pytest.mark.parametrize("style", ["grid", "perimeter", "oldtown", "detached", "industrial"])
+def test_each_style_makes_maps_with_transmitters_on_open_outdoor_pixels(style):
+    settings = synth.SynthSettings(style=style)
+    for map_id in range(3):
+        city = synth.make_city(settings, 11, map_id)
+        assert city.layout.style == style and city.boxes is None
+        np.testing.assert_array_equal(city.buildings, rasterize(city.layout.polygons))
+        open_space = synth.open_to_the_border(city.buildings == 0)
+        for row, col in city.transmitters:
+            assert 53 <= row <= 202 and 53 <= col <= 202
+            assert city.buildings[row, col] == 0 and open_space[row, col]  # not in a closed courtyard
+        meshes = city.meshes()
+        assert set(meshes) <= set(BUILDING_MATERIALS)
+        assert sum(len(faces) for _, faces in meshes.values()) > 0
+
+
+def test_a_closed_courtyard_is_not_open_to_the_border():
+    outdoor = np.ones((9, 9), dtype=bool)
+    outdoor[2:7, 2:7] = False  # a building ...
+    outdoor[4, 4] = True  # ... around a one-pixel courtyard
+    open_space = synth.open_to_the_border(outdoor)
+    assert not open_space[4, 4] and open_space[0, 0] and open_space[8, 4]
+
+
+def test_shards_partition_the_map_ids():
+    ids = list(range(5, 17))
+    shards = [synth.shard_ids(ids, (i, 3)) for i in range(3)]
+    assert sorted(sum(shards, [])) == ids and all(m % 3 == i for i, s in enumerate(shards) for m in s)
+    with pytest.raises(argparse.ArgumentTypeError, match="0 <= I < N"):
+        synth.parse_shard("3/3")
+    with pytest.raises(argparse.ArgumentTypeError, match="is not I/N"):
+        synth.parse_shard("1-3")
+
+
+def test_a_root_written_before_styles_reads_as_the_boxes_style(tmp_path):
+    synth.check_metadata(tmp_path, synth.SynthSettings(style=synth.BOXES), seed=1)
+    metadata = json.loads((tmp_path / synth.METADATA).read_text())
+    del metadata["settings"]["style"]  # as format version 1 wrote it
+    (tmp_path / synth.METADATA).write_text(json.dumps(metadata))
+    synth.check_metadata(tmp_path, synth.SynthSettings(style=synth.BOXES), seed=1)
+    assert synth.settings_from_metadata(synth.read_metadata(tmp_path)).style == synth.BOXES
+    with pytest.raises(InputError, match="generated with settings"):
+        synth.check_metadata(tmp_path, synth.SynthSettings(), seed=1)
+
+
+def test_written_styled_map_keeps_its_footprints(tmp_path):
+    settings = synth.SynthSettings(grid=8)
+    city, grey, gain_db = fake_map(settings)
+    synth.write_map(tmp_path, 4, city, grey, gain_db)
+    assert synth.is_finished(tmp_path, 4, 2, footprints=True)
+    layout = CityLayout.from_json(json.loads((tmp_path / "footprints" / "4.json").read_text()))
+    np.testing.assert_array_equal(rasterize(layout.polygons), city.buildings)
+    assert layout.materials == city.layout.materials
+
+
+def fake_root(root, settings, seed, map_ids):
+    synth.check_metadata(root, settings, seed)
+    for map_id in map_ids:
+        city, grey, gain_db = fake_map(settings, map_id, seed)
+        grey[:, city.buildings > 0] = 0  # as traced maps are: no gain inside buildings
+        synth.write_map(root, map_id, city, grey, gain_db)
+
+
+def test_merge_joins_shard_roots_and_refuses_other_data_sets(tmp_path, capsys):
+    settings = synth.SynthSettings(grid=8)
+    fake_root(tmp_path / "a", settings, 5, [0, 2])
+    fake_root(tmp_path / "b", settings, 5, [1, 2])
+    out = tmp_path / "all"
+    assert main(["merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 0
+    assert "3 maps copied, 1 already there, 3 maps in all" in capsys.readouterr().out
+    assert synth.finished_maps(out, settings) == [0, 1, 2] and not (out / synth.PARTIAL).exists()
+    assert main(["check", str(out)]) == 0
+    fake_root(tmp_path / "c", settings, 6, [3])  # another seed: another data set
+    assert main(["merge", str(tmp_path / "c"), "--out", str(out)]) == 2
+    assert "generated with seed 5" in capsys.readouterr().err
+    (tmp_path / "b" / "gain" / "IRT4" / "2_0.png").write_bytes(b"other")
+    assert main(["merge", str(tmp_path / "b"), "--out", str(out)]) == 2
+    assert "differ" in capsys.readouterr().err
+
+
+def test_padded_meshes_have_power_of_two_sizes_and_hide_the_padding_under_the_ground():
+    from irt4.data.raytrace import MIN_PADDED, PAD_DEPTH, pad_mesh
+
+    vertices, faces = boxes_mesh(footprint_boxes(random_city(256, np.random.default_rng(2))), 20.0)
+    padded_v, padded_f = pad_mesh(vertices, faces)
+    for count, padded in ((len(vertices), len(padded_v)), (len(faces), len(padded_f))):
+        assert padded >= max(count, MIN_PADDED) and padded & (padded - 1) == 0
+    np.testing.assert_array_equal(padded_v[: len(vertices)], vertices)
+    np.testing.assert_array_equal(padded_f[: len(faces)], faces)
+    extra = padded_f[len(faces) :]
+    assert (padded_v[extra][..., 2] == -PAD_DEPTH).all() and len(np.unique(extra)) == extra.size
+    assert (
+        np.linalg.norm(np.cross(*(padded_v[extra[:, i]] - padded_v[extra[:, 0]] for i in (1, 2))), axis=1) > 0
+    ).all()
+    empty_v, empty_f = pad_mesh(np.zeros((0, 3)), np.zeros((0, 3)))
+    assert len(empty_f) == MIN_PADDED and len(empty_v) >= 3 * MIN_PADDED
+
+
+SCENE_PROBE = """
+import json, sys
+import numpy as np
+from irt4.data import synth
+from irt4.data.raytrace import pin_libllvm
+pin_libllvm()
+import drjit as dr
+import mitsuba as mi
+dr.set_flag(dr.JitFlag.KernelHistory, True)
+settings = synth.SynthSettings(style=sys.argv[1], grid=8, max_depth=2, samples_per_src=3000, paths_per_rx=64)
+points = synth.pixel_to_world(np.array([60, 200, 128, 90]), np.array([60, 200, 100, 150]), 1.5)
+out = {"raster_mismatch": [], "compiled": [], "same_as_fresh_scene": []}
+for map_id in range(3):
+    city = synth.make_city(settings, 4, map_id)
+    tracer = synth.city_tracer(city, settings)
+    # a vertical ray down onto each pixel centre: a building is hit exactly where the raster says so
+    rows, cols = np.indices(city.buildings.shape)
+    x, y = (cols.ravel() + 0.5).astype(np.float32), (rows.ravel() + 0.5).astype(np.float32)
+    ray = mi.Ray3f(mi.Point3f(x, y, np.full_like(x, 500.0)), mi.Vector3f(0.0, 0.0, -1.0))
+    hit = tracer.scene.mi_scene.ray_intersect(ray)
+    above_ground = (hit.p.z.numpy() > 0.5) & hit.is_valid().numpy()
+    out["raster_mismatch"].append(int((above_ground != (city.buildings.ravel() > 0)).sum()))
+    dr.kernel_history()
+    gain = tracer.path_gain_db(points)
+    # the solver's big kernels compiled for this map (neither in memory nor in the disk cache)
+    history = dr.kernel_history()
+    compiled = [k for k in history if not (k.get("cache_hit") or k.get("cache_disk"))]
+    out["compiled"].append(sum(1 for k in compiled if k["operation_count"] > 1000))
+    fresh = synth.city_tracer(city, settings, keep_kernels=False).path_gain_db(points)
+    out["same_as_fresh_scene"].append(bool(np.array_equal(gain, fresh)))
+    dr.kernel_history()
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.sim
+@pytest.mark.slow
+def test_raster_equals_the_scene_and_later_maps_reuse_the_kernels_with_the_same_result(tmp_path):
+    reason = sim_missing()
+    if reason:
+        pytest.skip(reason)
+    env = {**os.environ, "HOME": str(tmp_path)}  # an empty Dr.Jit kernel cache (~/.drjit)
+    result = subprocess.run(
+        [sys.executable, "-c", SCENE_PROBE, "mixed"], capture_output=True, text=True, timeout=900, env=env
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["raster_mismatch"] == [0, 0, 0]
+    # the geometry is swapped into the same scene: no compile after the first map, and the gains are
+    # those of a scene built for the map alone
+    assert out["compiled"][0] > 0 and out["compiled"][1:] == [0, 0], out
+    assert out["same_as_fresh_scene"] == [True, True, True]
+
+
+@pytest.mark.sim
+@pytest.mark.slow
+def test_shards_merged_equal_one_run_and_a_rerun_resumes(tmp_path):
+    reason = sim_missing()
+    if reason:
+        pytest.skip(reason)
+    tiny = ["--maps", "3", "--seed", "9", "--grid", "8", "--max-depth", "1", "--samples-per-src", "1000"]
+    tiny += ["--paths-per-rx", "64", "--no-progress"]
+
+    def synth_run(out, *extra):
+        command = [sys.executable, "-m", "irt4.cli.data", "synth", "--out", str(out), *tiny, *extra]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result.stdout
+
+    assert "3 maps generated" in synth_run(tmp_path / "one")
+    assert "0 maps generated, 3 already there" in synth_run(tmp_path / "one")
+    assert "2 maps generated" in synth_run(tmp_path / "s0", "--shard", "0/2")
+    assert "1 maps generated" in synth_run(tmp_path / "s1", "--shard", "1/2")
+    assert main(["merge", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(tmp_path / "all")]) == 0
+    one = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*") if p.is_file())
+    merged = sorted(p.relative_to(tmp_path / "all") for p in (tmp_path / "all").rglob("*") if p.is_file())
+    assert one == merged
+    for path in one:
+        if path.name != synth.METADATA:
+            assert (tmp_path / "one" / path).read_bytes() == (tmp_path / "all" / path).read_bytes(), path

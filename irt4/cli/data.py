@@ -3,6 +3,7 @@
   irt4-data show ROOT --map M --tx K -o sample.png   buildings + transmitter beside the radio map in dB
   irt4-data check ROOT [--simulation S] [--skip-bad]  decode every file of a root, print counts
   irt4-data synth ...                                 ray-traced data generator (irt4.data.synth)
+  irt4-data merge SHARD... --out ROOT                 join the roots of `synth --shard I/N` runs
 
 Bad data (InputError) prints one line on stderr and exits with code 2.
 """
@@ -76,6 +77,20 @@ def check(args: argparse.Namespace) -> int:
     print(
         f"{args.root}: {args.simulation}, split {args.split} ({dataset.split_scheme}): {maps} maps, "
         f"{len(dataset)} samples decoded OK, {dataset.skipped} bad samples skipped"
+    )
+    return 0
+
+
+def merge(args: argparse.Namespace) -> int:
+    from irt4.data import synth
+
+    missing = [str(source) for source in args.sources if not source.is_dir()]
+    if missing:
+        raise InputError(f"no such folder: {', '.join(missing)}")
+    report = synth.merge_roots(args.sources, args.out)
+    print(
+        f"{args.out}: {report['copied']} maps copied, {report['already_there']} already there, "
+        f"{report['maps']} maps in all; check it with `irt4-data check {args.out}`"
     )
     return 0
 
@@ -162,6 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
     check_parser.set_defaults(func=check)
 
     add_synth(subparsers)
+    merge_parser = subparsers.add_parser(
+        "merge",
+        help="join the roots of `irt4-data synth --shard I/N` runs into one root",
+        description="Copy the finished maps of shard roots (made by `irt4-data synth --shard I/N` with the "
+        "same seed and settings) into one root. Roots with other settings, or a map whose files differ "
+        "between roots, exit 2 with a message. Then run `irt4-data check ROOT`.",
+    )
+    merge_parser.add_argument("sources", type=Path, nargs="+", metavar="SHARD", help="a shard root")
+    merge_parser.add_argument("--out", type=Path, required=True, metavar="ROOT", help="the root to fill")
+    merge_parser.set_defaults(func=merge)
     return parser
 
 

@@ -32,6 +32,8 @@ INSTALL_HINT = (
 SIM_HINT = "pip install 'irt4[sim]' (sionna-rt 2.2)"
 _probe_error: str | None = None  # cached failure of the backend probe
 _probe_done = False
+MIN_PADDED = 16_384  # faces a mesh is padded to (pad_mesh); a map's oldtown mesh has ~8,000
+PAD_DEPTH = 100.0  # m under the ground where pad_mesh puts its padding triangles
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,7 @@ class TraceSettings:
     max_depth: int = 4
     samples_per_src: int = 100_000
     paths_per_rx: int = 4_000  # path slots per receiver; the buffer levels off near ~4,000 (sionna.md)
-    seed: int = 42
+    seed: int = 42  # the solver's sampling seed (per map: the map's own)
     wall_thickness: float = 0.2
 
 
@@ -151,28 +153,84 @@ def _mi_mesh(name: str, vertices: np.ndarray, faces: np.ndarray, material):
     return mesh
 
 
+def padded_size(count: int) -> int:
+    """The size a mesh's face count is padded to: the next power of two, at least MIN_PADDED."""
+    return max(MIN_PADDED, 1 << int(np.ceil(np.log2(max(count, 1)))))
+
+
+def pad_mesh(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The mesh with padded_size(F) faces and 4 x that many vertices. Dr.Jit bakes the meshes' vertex
+    and face counts into the solver's kernels, so cities whose meshes pad to the same sizes (all of
+    them below MIN_PADDED faces per material) reuse the kernels compiled for the first one instead of
+    compiling for ~15-40 s. The extra faces are 1 cm triangles PAD_DEPTH m under the ground plane,
+    each with its own three vertices (no shared edge, so no wedge); no ray above the ground reaches
+    them. Unused vertices fill the rest."""
+    vertices = np.asarray(vertices, dtype=np.float32).reshape(-1, 3)
+    faces = np.asarray(faces, dtype=np.uint32).reshape(-1, 3)
+    face_total = padded_size(len(faces))
+    extra_faces = face_total - len(faces)
+    vertex_total = max(4 * face_total, padded_size(len(vertices) + 3 * extra_faces))
+    k = np.arange(extra_faces)
+    # spread the padding triangles over the tile's footprint so the BVH stays balanced
+    corner = np.stack([(k % 256) + 0.5, (k // 256) % 256 + 0.5, np.full(extra_faces, -PAD_DEPTH)], axis=1)
+    triangle = np.array([[0, 0, 0], [0.01, 0, 0], [0, 0.01, 0]])
+    pad_vertices = (corner[:, None, :] + triangle[None]).reshape(-1, 3)
+    pad_faces = len(vertices) + np.arange(3 * extra_faces).reshape(-1, 3)
+    filler = np.tile([0.5, 0.5, -PAD_DEPTH], (vertex_total - len(vertices) - len(pad_vertices), 1))
+    return (
+        np.concatenate([vertices, pad_vertices, filler]).astype(np.float32),
+        np.concatenate([faces, pad_faces]).astype(np.uint32),
+    )
+
+
+def _opaque_point(point):
+    """A mi.Point3f whose value is a kernel input, not a literal: moving a device between calls then
+    keeps the compiled kernels."""
+    import drjit as dr
+    import mitsuba as mi
+
+    x, y, z = (dr.opaque(mi.Float, float(value)) for value in point)
+    return mi.Point3f(x, y, z)
+
+
 class RayTracer:
-    """One city scene (buildings + ground + transmitters) and a fixed pool of receivers that is moved
-    chunk by chunk over the receiver points, so every call has the same size (no recompilation)."""
+    """A scene (ground, buildings by material, transmitters) and a fixed pool of receivers moved chunk
+    by chunk over the receiver points, so every solver call has the same size.
+
+    One tracer serves many cities: set_city() swaps the buildings and moves the transmitters. With
+    keep_kernels (the default) the scene keeps one mesh per material of `materials` (empty ones too),
+    mesh sizes are padded (pad_mesh) and device positions are opaque, so the kernels Dr.Jit compiled
+    for one city are reused for the next. keep_kernels=False builds the scene as irt4 did before:
+    each city's own mesh sizes and literal positions (a fresh compile per city); bench/synth_speed.py
+    measures one against the other.
+    """
 
     def __init__(
         self,
-        buildings_mesh: tuple[np.ndarray, np.ndarray],
+        buildings_mesh: tuple[np.ndarray, np.ndarray] | dict[str, tuple[np.ndarray, np.ndarray]],
         ground: tuple[np.ndarray, np.ndarray],
         tx_points: np.ndarray,
         rx_per_call: int,
         settings: TraceSettings,
         threads: int | None = None,
+        keep_kernels: bool = True,
+        materials: tuple[str, ...] = ("concrete",),
+        fix_diffraction: bool = True,
     ):
         pin_libllvm()
         import drjit as dr
         import mitsuba as mi
         import sionna.rt as rt
 
+        from irt4.data import diffraction_fix
+
+        if fix_diffraction:  # walls at any angle (irt4.data.diffraction_fix); once applied, for good
+            diffraction_fix.apply()
         if threads is not None:
             dr.set_thread_count(threads)
         self.settings = settings
         self.rx_per_call = rx_per_call
+        self.keep_kernels = keep_kernels
         self.scene = rt.load_scene(None, merge_shapes=False)
         self.scene.frequency = settings.frequency
         for array in ("tx_array", "rx_array"):
@@ -182,22 +240,25 @@ class RayTracer:
                 rt.PlanarArray(num_rows=1, num_cols=1, pattern="iso", polarization="V"),
             )
         # object and material names share one namespace, and a "mat-" prefix is stripped (sionna.md)
-        walls = rt.ITURadioMaterial("concrete-walls", "concrete", thickness=settings.wall_thickness)
+        self.materials = {
+            name: rt.ITURadioMaterial(f"{name}-walls", name, thickness=settings.wall_thickness)
+            for name in dict.fromkeys([*materials, *self._mesh_dict(buildings_mesh)])
+        }
         soil = rt.ITURadioMaterial("dry-soil", "medium_dry_ground", thickness=1.0)
-        objects = [
-            rt.SceneObject(mi_mesh=_mi_mesh("ground", *ground, soil), name="ground", radio_material=soil)
-        ]
-        if len(buildings_mesh[1]):
-            objects.append(
+        ground_mesh = pad_mesh(*ground) if keep_kernels else ground
+        self.scene.edit(
+            add=[
                 rt.SceneObject(
-                    mi_mesh=_mi_mesh("buildings", *buildings_mesh, walls),
-                    name="buildings",
-                    radio_material=walls,
+                    mi_mesh=_mi_mesh("ground", *ground_mesh, soil), name="ground", radio_material=soil
                 )
-            )
-        self.scene.edit(add=objects)
-        for k, point in enumerate(np.asarray(tx_points, dtype=np.float64)):
-            self.scene.add(rt.Transmitter(name=f"tx{k}", position=mi.Point3f(*map(float, point))))
+            ]
+        )
+        self.building_objects: list = []
+        self.transmitters = [
+            rt.Transmitter(name=f"tx{k}", position=mi.Point3f(0.0, 0.0, 1.5)) for k in range(len(tx_points))
+        ]
+        for transmitter in self.transmitters:
+            self.scene.add(transmitter)
         self.num_tx = len(tx_points)
         self.receivers = [
             rt.Receiver(name=f"rx{i}", position=mi.Point3f(0.0, 0.0, 1.5)) for i in range(rx_per_call)
@@ -205,12 +266,85 @@ class RayTracer:
         for receiver in self.receivers:
             self.scene.add(receiver)
         self.solver = rt.PathSolver(deterministic=True)
+        self.set_city(buildings_mesh, tx_points)
+
+    @staticmethod
+    def _mesh_dict(buildings_mesh) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        if isinstance(buildings_mesh, dict):
+            return buildings_mesh
+        return {"concrete": buildings_mesh}
+
+    def set_city(
+        self,
+        buildings_mesh: tuple[np.ndarray, np.ndarray] | dict[str, tuple[np.ndarray, np.ndarray]],
+        tx_points: np.ndarray,
+    ) -> None:
+        """Replace the buildings (one mesh, concrete, or material name -> mesh) and move the
+        transmitters (same count as at construction) to tx_points (K, 3)."""
+
+        meshes = self._mesh_dict(buildings_mesh)
+        unknown = set(meshes) - set(self.materials)
+        if unknown:
+            raise ValueError(f"materials {sorted(unknown)} were not declared when the tracer was built")
+        if len(tx_points) != self.num_tx:
+            raise ValueError(f"{len(tx_points)} transmitters, the tracer was built for {self.num_tx}")
+        empty = (np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint32))
+        if self.keep_kernels:
+            padded = {name: pad_mesh(*meshes.get(name, empty)) for name in self.materials}
+            if not self._update_in_place(padded):
+                self._replace_buildings(padded)
+        else:
+            self._replace_buildings({name: mesh for name, mesh in meshes.items() if len(mesh[1])})
+        for transmitter, point in zip(self.transmitters, np.asarray(tx_points, dtype=np.float64)):
+            transmitter.position = self._position(point)
+
+    def _replace_buildings(self, meshes: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        """New building objects (one per material) in place of the old ones."""
+        import sionna.rt as rt
+
+        objects = []
+        for name, (vertices, faces) in meshes.items():
+            material = self.materials[name]
+            mesh = _mi_mesh(f"buildings-{name}", vertices, faces, material)
+            objects.append(rt.SceneObject(mi_mesh=mesh, name=f"buildings-{name}", radio_material=material))
+        self.scene.edit(remove=[obj.name for obj in self.building_objects] or None, add=objects)
+        self.building_objects = objects
+
+    def _update_in_place(self, meshes: dict[str, tuple[np.ndarray, np.ndarray]]) -> bool:
+        """Write the meshes into the existing building objects when their sizes match (padded meshes
+        always do after the first city), then rebuild the BVH and the wedge table. Objects made anew
+        would get new registry ids, which Dr.Jit also bakes into the kernels. False: sizes differ."""
+        import drjit as dr
+        import mitsuba as mi
+        from sionna.rt.utils.meshes import build_mesh_directed_edges
+
+        by_name = {obj.name: obj for obj in self.building_objects}
+        targets = [(by_name.get(f"buildings-{name}"), mesh) for name, mesh in meshes.items()]
+        if len(targets) != len(self.building_objects) or not all(
+            obj is not None
+            and obj.mi_mesh.vertex_count() == len(mesh[0])
+            and obj.mi_mesh.face_count() == len(mesh[1])
+            for obj, mesh in targets
+        ):
+            return False
+        params = mi.traverse(self.scene.mi_scene)
+        for obj, (vertices, faces) in targets:
+            key = obj.mi_mesh.id()
+            params[f"{key}.vertex_positions"] = dr.ravel(mi.Point3f(np.ascontiguousarray(vertices.T)))
+            params[f"{key}.faces"] = dr.ravel(mi.Point3u(np.ascontiguousarray(faces.T)))
+        params.update()
+        for obj, _ in targets:
+            build_mesh_directed_edges(obj.mi_mesh)
+        return True
+
+    def _position(self, point):
+        import mitsuba as mi
+
+        return _opaque_point(point) if self.keep_kernels else mi.Point3f(*map(float, point))
 
     def path_gain_db(self, rx_points: np.ndarray) -> np.ndarray:
         """(num_tx, N) path gain in dB at the (N, 3) receiver points: the power of all paths summed
         incoherently (|a|^2 added, phases ignored); -inf where no path arrives."""
-        import mitsuba as mi
-
         rx_points = np.asarray(rx_points, dtype=np.float64).reshape(-1, 3)
         gain = np.zeros((self.num_tx, len(rx_points)))
         s = self.settings
@@ -219,7 +353,7 @@ class RayTracer:
             # pad the last chunk with copies of its last point: same call size, no recompilation
             padded = np.concatenate([chunk, np.repeat(chunk[-1:], self.rx_per_call - len(chunk), axis=0)])
             for receiver, point in zip(self.receivers, padded):
-                receiver.position = mi.Point3f(*map(float, point))
+                receiver.position = self._position(point)
             paths = self.solver(
                 self.scene,
                 max_depth=s.max_depth,

@@ -4,9 +4,9 @@ Pure numpy, no Sionna. Conventions (sionna.md, "Conventions"): the tile is size 
 pixel (row, col) covers world x in [col, col + 1], y in [row, row + 1], so its centre is
 (col + 0.5, row + 0.5); z is up, the ground at z = 0.
 
-Footprints are partitioned into axis-aligned boxes (an L-shape becomes two boxes). Axis-aligned
-walls keep clear of the sionna-rt 2.2 diffraction bug at convex corners that are not aligned with
-the x/y axes (sionna.md): rotated or irregular footprints would lose their shadow-side diffraction.
+The boxes style (irt4.data.city.random_city) partitions its footprints into axis-aligned boxes (an
+L-shape becomes two boxes); the other styles' polygons are extruded by irt4.data.city.extrude. Walls at
+any angle need irt4.data.diffraction_fix, which the ray tracer applies (sionna.md, the diffraction bug).
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """Generate a RadioMapSeer-layout data set by ray tracing procedural cities with Sionna RT.
 
-Each map: a random street-grid city (irt4.data.city) on a 256 x 256 m tile, 1 px = 1 m; its
-footprints as axis-aligned concrete boxes (one mesh) on a dry-ground plane; transmitters at 1.5 m on
-street pixels; receivers at 1.5 m on a GRID x GRID lattice over the outdoor cells, traced with
+Each map: a procedural city on a 256 x 256 m tile, 1 px = 1 m, in an urban style drawn from a mix
+(irt4.data.city: rotated street grids, perimeter blocks, old town, detached buildings; `boxes` is the
+first generator, axis-aligned boxes on a grid); its footprints extruded into one mesh per ITU material
+(a height and a material per building) on a dry-ground plane; transmitters at 1.5 m on outdoor
+pixels; receivers at 1.5 m on a GRID x GRID lattice over the outdoor cells, traced with
 Sionna's PathSolver (up to MAX_DEPTH reflections, first-order diffraction, no refraction), the power
 of all paths summed incoherently -> path gain in dB, interpolated in dB to 256 x 256, buildings set
 to 0, dB -> grey with dB = LO + (HI - LO) p / 255 (radiomapseer.md; weaker than LO -> 0).
@@ -17,7 +19,14 @@ Writes under ROOT:
   gain/IRT4/{m}_{k}.png           grey path gain        antenna/{m}.json          [[col, row], ...]
   gain_db/IRT4/{m}_{k}.npy        raw path gain in dB at GRID x GRID, float16 (NaN: cell centre in a
                                   building, no receiver; -inf: no path arrived)
+  footprints/{m}.json             the map's building polygons, heights, materials and style
+                                  (irt4.data.city.CityLayout.to_json; not for the boxes style)
   irt4-synth.json                 generator version, seed, settings, sionna/mitsuba/drjit versions
+
+Throughput: a worker keeps one ray tracer for all its maps, with mesh sizes padded and device
+positions opaque, so Dr.Jit's kernels compiled for the first map serve the next ones (raytrace.py).
+Scale-out: `--shard i/n` traces the map ids m with m % n == i, so n machines or processes fill one
+root (or n roots that `irt4-data merge` joins) without collisions.
 """
 
 from __future__ import annotations
@@ -33,7 +42,16 @@ from pathlib import Path
 import numpy as np
 
 from irt4.config import DataConfig
-from irt4.data.city import random_city, transmitter_image
+from irt4.data.city import (
+    CityLayout,
+    extrude,
+    parse_style_mix,
+    random_city,
+    random_layout,
+    rasterize,
+    transmitter_image,
+)
+from irt4.data.city.materials import BUILDING_MATERIALS
 from irt4.data.scene import (
     boxes_mesh,
     footprint_boxes,
@@ -47,7 +65,8 @@ from irt4.errors import InputError
 SIZE = 256  # tile size in px = m (RadioMapSeer)
 SIMULATION = "IRT4"  # the gain/ subfolder the maps go to
 METADATA = "irt4-synth.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: styles, materials and footprints/ (roots of version 1 read as style "boxes")
+BOXES = "boxes"  # the first generator's style: irt4.data.city.random_city, concrete boxes
 PARTIAL = ".partial"  # per-map scratch folder under ROOT; renamed into place when the map is done
 HEIGHT_JITTER = (0.5, 1.5)  # --height-jitter: each box's height x U(0.5, 1.5)
 
@@ -56,6 +75,7 @@ HEIGHT_JITTER = (0.5, 1.5)  # --height-jitter: each box's height x U(0.5, 1.5)
 class SynthSettings:
     """Everything that decides a map's content besides the seed and the map id."""
 
+    style: str = "mixed"  # a style mix (irt4.data.city.parse_style_mix), or "boxes"
     grid: int = 64
     max_depth: int = 4
     samples_per_src: int = 100_000
@@ -71,13 +91,30 @@ class SynthSettings:
     paths_per_rx: int = 4_000
 
 
+# a root written before styles existed has none of these keys: it was made with these values
+LEGACY_SETTINGS = {"style": BOXES}
+
+
 @dataclass
 class City:
     buildings: np.ndarray  # (256, 256) uint8, 1 = building
-    boxes: np.ndarray  # (B, 4) [row0, col0, row1, col1)
     heights: np.ndarray  # (B,) m
     transmitters: list[tuple[int, int]]  # (row, col) per transmitter
     solver_seed: int
+    boxes: np.ndarray | None = None  # (B, 4) [row0, col0, row1, col1) for the boxes style
+    layout: CityLayout | None = None  # the footprints of the other styles
+
+    def meshes(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """ITU material -> (vertices, faces) of the buildings made of it."""
+        if self.layout is None:
+            return {"concrete": boxes_mesh(self.boxes, self.heights)}
+        by_material: dict[str, list[int]] = {}
+        for index, material in enumerate(self.layout.materials):
+            by_material.setdefault(material, []).append(index)
+        return {
+            material: extrude([self.layout.polygons[i] for i in indices], self.heights[indices])
+            for material, indices in by_material.items()
+        }
 
 
 def map_rng(seed: int, map_id: int) -> np.random.Generator:
@@ -88,12 +125,36 @@ def map_rng(seed: int, map_id: int) -> np.random.Generator:
 
 def make_city(settings: SynthSettings, seed: int, map_id: int) -> City:
     rng = map_rng(seed, map_id)
-    buildings = random_city(SIZE, rng).astype(np.uint8)
-    boxes = footprint_boxes(buildings)
-    scale = rng.uniform(*HEIGHT_JITTER, size=len(boxes)) if settings.height_jitter else np.ones(len(boxes))
-    transmitters = transmitter_sites(buildings, settings.tx_per_map, rng, settings.min_wall_distance)
+    if settings.style == BOXES:
+        buildings = random_city(SIZE, rng).astype(np.uint8)
+        boxes = footprint_boxes(buildings)
+        scale = (
+            rng.uniform(*HEIGHT_JITTER, size=len(boxes)) if settings.height_jitter else np.ones(len(boxes))
+        )
+        transmitters = transmitter_sites(buildings, settings.tx_per_map, rng, settings.min_wall_distance)
+        solver_seed = int(rng.integers(2**31 - 1))
+        return City(buildings, settings.building_height * scale, transmitters, solver_seed, boxes=boxes)
+    # a style uses a varying amount of randomness: it draws from a child generator of its own, so the
+    # transmitters and the solver seed come from the same place of rng whatever the style did
+    layout = random_layout(np.random.default_rng(rng.integers(2**63)), parse_style_mix(settings.style), SIZE)
+    buildings = rasterize(layout.polygons, SIZE)
+    # not in a closed courtyard: a site there lights the courtyard and leaves the rest of the map dark
+    enclosed = ~open_to_the_border(buildings == 0)
+    transmitters = transmitter_sites(
+        buildings | enclosed, settings.tx_per_map, rng, settings.min_wall_distance
+    )
     solver_seed = int(rng.integers(2**31 - 1))
-    return City(buildings, boxes, settings.building_height * scale, transmitters, solver_seed)
+    return City(buildings, np.asarray(layout.heights), transmitters, solver_seed, layout=layout)
+
+
+def open_to_the_border(outdoor: np.ndarray) -> np.ndarray:
+    """The outdoor pixels connected (4-neighbours) to the tile's border: the streets and squares,
+    without the courtyards that buildings close off."""
+    from scipy import ndimage
+
+    labels, _ = ndimage.label(outdoor)
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    return np.isin(labels, border[border > 0])
 
 
 def gain_db_to_grey(gain_db: np.ndarray, gain_db_range: tuple[float, float]) -> np.ndarray:
@@ -138,9 +199,11 @@ def upsample_db(grid_db: np.ndarray, rx_pixels: np.ndarray, size: int, floor_db:
     return np.stack([np.interp(pixels, rx_pixels, col) for col in along_cols.T], axis=1)  # (size, size)
 
 
-def outputs(root: Path, map_id: int, tx_per_map: int) -> list[Path]:
+def outputs(root: Path, map_id: int, tx_per_map: int, footprints: bool = False) -> list[Path]:
     """The files of a finished map, the gain PNGs last (they are renamed into place last)."""
     files = [root / "png" / "buildings_complete" / f"{map_id}.png", root / "antenna" / f"{map_id}.json"]
+    if footprints:
+        files.append(root / "footprints" / f"{map_id}.json")
     for k in range(tx_per_map):
         files += [
             root / "png" / "antennas" / f"{map_id}_{k}.png",
@@ -150,9 +213,9 @@ def outputs(root: Path, map_id: int, tx_per_map: int) -> list[Path]:
     return files
 
 
-def is_finished(root: Path, map_id: int, tx_per_map: int) -> bool:
+def is_finished(root: Path, map_id: int, tx_per_map: int, footprints: bool = False) -> bool:
     """True when every final file of the map exists; scratch files under ROOT/.partial do not count."""
-    return all(path.is_file() for path in outputs(root, map_id, tx_per_map))
+    return all(path.is_file() for path in outputs(root, map_id, tx_per_map, footprints))
 
 
 def _save_png(path: Path, image: np.ndarray) -> None:
@@ -167,12 +230,15 @@ def write_map(root: Path, map_id: int, city: City, gain_grey: np.ndarray, gain_d
     an interrupted map never has all its files, so it is not taken as finished."""
     scratch = root / PARTIAL / str(map_id)
     shutil.rmtree(scratch, ignore_errors=True)
-    final = outputs(root, map_id, len(city.transmitters))
+    final = outputs(root, map_id, len(city.transmitters), footprints=city.layout is not None)
     staged = [scratch / path.relative_to(root) for path in final]
     by_name = dict(zip(final, staged))
     _save_png(by_name[final[0]], 255 * city.buildings)
     by_name[final[1]].parent.mkdir(parents=True, exist_ok=True)
     by_name[final[1]].write_text(json.dumps([[col, row] for row, col in city.transmitters]) + "\n")
+    if city.layout is not None:
+        by_name[final[2]].parent.mkdir(parents=True, exist_ok=True)
+        by_name[final[2]].write_text(json.dumps(city.layout.to_json()) + "\n")
     for k, (row, col) in enumerate(city.transmitters):
         _save_png(
             scratch / "png" / "antennas" / f"{map_id}_{k}.png",
@@ -192,16 +258,19 @@ def write_map(root: Path, map_id: int, city: City, gain_grey: np.ndarray, gain_d
         pass
 
 
-def trace_map(
-    city: City, settings: SynthSettings, threads: int | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """(K, 256, 256) uint8 grey gain maps and (K, G, G) raw dB (NaN where the cell is a building)."""
+_tracers: dict = {}  # (settings, threads) -> the RayTracer this process reuses for all its maps
+
+
+def city_tracer(city: City, settings: SynthSettings, threads: int | None = None, keep_kernels: bool = True):
+    """A RayTracer holding `city`: this process's persistent one, moved to the city (keep_kernels), or
+    a fresh one built for it alone, as irt4 traced before (keep_kernels=False, the benchmark's old
+    path)."""
+    from dataclasses import replace
+
     from irt4.data.raytrace import RayTracer, TraceSettings
 
-    rx_pixels = receiver_pixels(SIZE, settings.grid)
-    rows, cols = np.meshgrid(rx_pixels, rx_pixels, indexing="ij")  # (G, G)
-    outdoor = city.buildings[rows, cols] == 0
     tx_rows, tx_cols = np.array(city.transmitters).T
+    tx_points = pixel_to_world(tx_rows, tx_cols, settings.tx_height)
     trace = TraceSettings(
         frequency=settings.frequency,
         max_depth=settings.max_depth,
@@ -209,14 +278,36 @@ def trace_map(
         paths_per_rx=settings.paths_per_rx,
         seed=city.solver_seed,
     )
+    key = (settings, threads)
+    if keep_kernels and key in _tracers:
+        tracer = _tracers[key]
+        tracer.settings = replace(tracer.settings, seed=city.solver_seed)
+        tracer.set_city(city.meshes(), tx_points)
+        return tracer
     tracer = RayTracer(
-        boxes_mesh(city.boxes, city.heights),
+        city.meshes(),
         ground_mesh(SIZE),
-        pixel_to_world(tx_rows, tx_cols, settings.tx_height),
-        rx_per_call=min(settings.rx_per_call, int(outdoor.sum())),
+        tx_points,
+        rx_per_call=min(settings.rx_per_call, settings.grid**2),
         settings=trace,
         threads=threads,
+        keep_kernels=keep_kernels,
+        materials=BUILDING_MATERIALS if keep_kernels else (),
     )
+    if keep_kernels:
+        _tracers.clear()  # one tracer per process: its memory is reused from map to map
+        _tracers[key] = tracer
+    return tracer
+
+
+def trace_map(
+    city: City, settings: SynthSettings, threads: int | None = None, keep_kernels: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """(K, 256, 256) uint8 grey gain maps and (K, G, G) raw dB (NaN where the cell is a building)."""
+    rx_pixels = receiver_pixels(SIZE, settings.grid)
+    rows, cols = np.meshgrid(rx_pixels, rx_pixels, indexing="ij")  # (G, G)
+    outdoor = city.buildings[rows, cols] == 0
+    tracer = city_tracer(city, settings, threads, keep_kernels)
     rx_db = tracer.path_gain_db(pixel_to_world(rows[outdoor], cols[outdoor], settings.rx_height))  # (K, N)
     gain_db = np.full((len(city.transmitters), settings.grid, settings.grid), np.nan)
     gain_db[:, outdoor] = rx_db
@@ -233,12 +324,17 @@ def trace_map(
 
 
 def generate_map(
-    root: Path, map_id: int, settings: SynthSettings, seed: int, threads: int | None = None
+    root: Path,
+    map_id: int,
+    settings: SynthSettings,
+    seed: int,
+    threads: int | None = None,
+    keep_kernels: bool = True,
 ) -> tuple[float, float]:
     """Trace and write one map; returns its (wall, CPU) seconds (CPU: all threads of this process)."""
     start, start_cpu = time.perf_counter(), time.process_time()
     city = make_city(settings, seed, map_id)
-    grey, gain_db = trace_map(city, settings, threads)
+    grey, gain_db = trace_map(city, settings, threads, keep_kernels)
     write_map(root, map_id, city, grey, gain_db)
     return time.perf_counter() - start, time.process_time() - start_cpu
 
@@ -247,6 +343,77 @@ def _worker_init() -> None:
     from irt4.data.raytrace import pin_libllvm
 
     pin_libllvm()  # before the worker's first drjit import
+
+
+def read_metadata(root: Path) -> dict:
+    """ROOT/irt4-synth.json, with the settings a root of an earlier format version was made with."""
+    path = root / METADATA
+    if not path.is_file():
+        raise InputError(f"{path}: missing; is {root} a root written by irt4-data synth?")
+    try:
+        metadata = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise InputError(f"{path}: unreadable ({error})") from error
+    metadata["settings"] = {**LEGACY_SETTINGS, **metadata.get("settings", {})}
+    return metadata
+
+
+def settings_from_metadata(metadata: dict) -> SynthSettings:
+    """The SynthSettings a root's metadata (read_metadata) records."""
+    settings = dict(metadata["settings"])
+    settings["gain_db_range"] = tuple(settings["gain_db_range"])
+    return SynthSettings(**settings)
+
+
+def finished_maps(root: Path, settings: SynthSettings) -> list[int]:
+    """Sorted ids of the maps of root whose files are all in place."""
+    folder = root / "png" / "buildings_complete"
+    ids = sorted(int(path.stem) for path in folder.glob("*.png") if path.stem.isdigit())
+    return [m for m in ids if is_finished(root, m, settings.tx_per_map, settings.style != BOXES)]
+
+
+def merge_roots(sources: list[Path], root: Path) -> dict:
+    """Copy the finished maps of shard roots into root. All roots (root too, if it has metadata) must
+    have the same seed and settings; a map present in two roots must have identical files. A map's
+    files are staged under ROOT/.partial and renamed into place, as synth writes them."""
+    metadata = [read_metadata(source) for source in sources]
+    for source, other in zip(sources[1:], metadata[1:]):
+        for key in ("seed", "settings"):
+            if other[key] != metadata[0][key]:
+                raise InputError(
+                    f"{source} was generated with {key} {other[key]}, {sources[0]} with {metadata[0][key]}: "
+                    "only shards of one data set can be merged"
+                )
+    settings = settings_from_metadata(metadata[0])
+    if (root / METADATA).is_file():
+        check_metadata(root, settings, metadata[0]["seed"])
+    else:
+        root.mkdir(parents=True, exist_ok=True)
+        (root / METADATA).write_text(json.dumps(metadata[0], indent=2) + "\n")
+    copied = same = 0
+    footprints = settings.style != BOXES
+    for source in sources:
+        for map_id in finished_maps(source, settings):
+            files = outputs(source, map_id, settings.tx_per_map, footprints)
+            targets = outputs(root, map_id, settings.tx_per_map, footprints)
+            if is_finished(root, map_id, settings.tx_per_map, footprints):
+                for path, target in zip(files, targets):
+                    if path.read_bytes() != target.read_bytes():
+                        raise InputError(f"{path} and {target} differ: map {map_id} is not the same map")
+                same += 1
+                continue
+            scratch = root / PARTIAL / str(map_id)
+            for path, target in zip(files, targets):
+                staged = scratch / target.relative_to(root)
+                staged.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, staged)
+            for target in targets:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(scratch / target.relative_to(root), target)
+            shutil.rmtree(scratch, ignore_errors=True)
+            copied += 1
+    shutil.rmtree(root / PARTIAL, ignore_errors=True)
+    return {"copied": copied, "already_there": same, "maps": len(finished_maps(root, settings))}
 
 
 def check_metadata(root: Path, settings: SynthSettings, seed: int) -> None:
@@ -258,10 +425,7 @@ def check_metadata(root: Path, settings: SynthSettings, seed: int) -> None:
     path = root / METADATA
     wanted = {"seed": seed, "settings": json.loads(json.dumps(asdict(settings)))}
     if path.is_file():
-        try:
-            have = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise InputError(f"{path}: unreadable ({error}); remove it or use another --out") from error
+        have = read_metadata(root)
         for key in ("seed", "settings"):
             if have.get(key) != wanted[key]:
                 raise InputError(
@@ -277,7 +441,12 @@ def check_metadata(root: Path, settings: SynthSettings, seed: int) -> None:
         "simulation": SIMULATION,
         "solver": "sionna.rt.PathSolver(deterministic=True): los, specular reflection, diffraction (first "
         "order, lit region), no refraction, no diffuse reflection; power summed incoherently over paths",
-        "materials": {"walls": "ITU concrete, 0.2 m", "ground": "ITU medium_dry_ground"},
+        "materials": {
+            "buildings": "ITU concrete, 0.2 m"
+            if settings.style == BOXES
+            else f"one ITU material per building ({', '.join(BUILDING_MATERIALS)}), walls and roof, 0.2 m",
+            "ground": "ITU medium_dry_ground",
+        },
         "conventions": "pixel (row, col) centre = world (x, y) = (col + 0.5, row + 0.5) m; grey p -> dB = "
         "LO + (HI - LO) p / 255 with (LO, HI) = gain_db_range; 0 = LO or weaker, and buildings",
         "versions": sionna_versions(),
@@ -304,7 +473,8 @@ def generate(
 
     require_backend()
     check_metadata(root, settings, seed)
-    todo = [m for m in map_ids if not is_finished(root, m, settings.tx_per_map)]
+    footprints = settings.style != BOXES
+    todo = [m for m in map_ids if not is_finished(root, m, settings.tx_per_map, footprints)]
     seconds: list[tuple[float, float]] = []  # (wall, CPU) per map
     start = time.perf_counter()
     bar = tqdm(total=len(todo), unit="map", disable=not progress, desc="ray tracing")
@@ -363,6 +533,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="data set seed; map m uses (seed, m) (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--style",
+        default=d.style,
+        metavar="MIX",
+        help="urban style of each map, drawn per map from a weighted mix: one style (grid, perimeter, "
+        "oldtown, detached, industrial), weights such as 'grid=2,oldtown=1', 'mixed' (the four training "
+        f"styles alike; industrial is held out of it), or '{BOXES}' (the first generator: axis-aligned "
+        "concrete boxes; --building-height and --height-jitter apply to it only) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--shard",
+        type=parse_shard,
+        default=(0, 1),
+        metavar="I/N",
+        help="trace only the map ids m with m %% N == I (0 <= I < N): N machines or processes fill one "
+        "root, or N roots that `irt4-data merge` joins, without collisions (default: 0/1, all)",
     )
     parser.add_argument(
         "--grid",
@@ -436,7 +623,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not I/N, e.g. 0/4") from None
+    if not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"{text!r}: needs 0 <= I < N")
+    return index, count
+
+
+def shard_ids(map_ids: list[int], shard: tuple[int, int]) -> list[int]:
+    """The map ids of shard (I, N): those with m % N == I."""
+    index, count = shard
+    return [m for m in map_ids if m % count == index]
+
+
 def settings_from_args(args: argparse.Namespace) -> SynthSettings:
+    if args.style != BOXES:
+        parse_style_mix(args.style)  # an InputError naming the bad part
     lo, hi = args.gain_db_range
     if not lo < hi:
         raise InputError(f"--gain-db-range: LO {lo:g} must be below HI {hi:g}")
@@ -449,6 +654,7 @@ def settings_from_args(args: argparse.Namespace) -> SynthSettings:
     if args.tx_per_map > 80:
         raise InputError(f"--tx-per-map {args.tx_per_map}: at most 80 (RadioMapSeer's count)")
     return SynthSettings(
+        style=args.style,
         grid=args.grid,
         max_depth=args.max_depth,
         samples_per_src=args.samples_per_src,
@@ -465,7 +671,7 @@ def settings_from_args(args: argparse.Namespace) -> SynthSettings:
 def run(args: argparse.Namespace) -> int:
     """`irt4-data synth`: generate, then print seconds per map."""
     settings = settings_from_args(args)
-    map_ids = list(range(args.start_id, args.start_id + args.maps))
+    map_ids = shard_ids(list(range(args.start_id, args.start_id + args.maps)), args.shard)
     report = generate(
         args.out, map_ids, settings, args.seed, workers=args.workers, progress=not args.no_progress
     )
