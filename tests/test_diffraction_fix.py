@@ -7,7 +7,6 @@ the building's geometric shadow, so only a path diffracted at that corner can re
 """
 
 import json
-import os
 import subprocess
 import sys
 
@@ -30,13 +29,9 @@ SHADOW_FRACTIONS = (1 / 3, 2 / 3)  # of the angle between the shadow boundary an
 
 
 def sim_missing() -> str | None:
-    from irt4.data.raytrace import find_libllvm, sionna_versions
+    from irt4.data.raytrace import missing_backend_reason
 
-    if sionna_versions()["sionna-rt"] == "missing":
-        return "sionna-rt not installed: pip install 'irt4[sim]'"
-    if not os.environ.get("DRJIT_LIBLLVM_PATH") and find_libllvm() is None:
-        return "sionna-rt installed but libLLVM >= 19 not found: apt-get install libllvm19"
-    return None
+    return missing_backend_reason()
 
 
 def prism_mesh(footprint: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

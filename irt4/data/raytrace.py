@@ -87,6 +87,16 @@ def sionna_versions() -> dict[str, str]:
     return versions
 
 
+def missing_backend_reason() -> str | None:
+    """Why irt4-data synth cannot run here (sionna-rt or libLLVM >= 19 missing), or None; cheap: it
+    imports nothing of Sionna. The tests skip with it."""
+    if sionna_versions()["sionna-rt"] == "missing":
+        return f"sionna-rt not installed: {SIM_HINT}"
+    if not os.environ.get(LLVM_ENV) and find_libllvm() is None:
+        return f"sionna-rt installed but libLLVM >= {MIN_LLVM} not found: {INSTALL_HINT}"
+    return None
+
+
 def require_backend() -> None:
     """Raise a clear error unless sionna-rt is installed and a tiny solve works (checked once, in a
     subprocess: a bad libLLVM aborts the process it runs in)."""
