@@ -1,6 +1,8 @@
 """Data generator throughput: irt4-data synth's tracer as it was (a fresh scene per map, literal mesh
-sizes and positions, so Dr.Jit compiles each map's kernels) against the tracer that keeps its kernels
-(one scene per process, padded meshes, opaque positions), on the same maps and settings, in one run.
+sizes and positions, so Dr.Jit compiles each map's kernels; Sionna's candidate search as it ships)
+against the tracer that keeps its kernels (one scene per process, padded meshes, opaque positions)
+and culls shadow rays that cannot yield a path (irt4.data.candidate_culling), on the same maps and
+settings, in one run.
 
 Each path runs in its own process with an empty Dr.Jit kernel cache (HOME points at a fresh folder),
 so neither profits from kernels the other, or an earlier run, compiled. A second part traces many
@@ -42,7 +44,7 @@ def trace_maps(path: str, map_ids: list[int], settings_json: str, seed: int) -> 
     for map_id in map_ids:
         start = time.perf_counter()
         city = synth.make_city(settings, seed, map_id)
-        synth.trace_map(city, settings, keep_kernels=path == "new")
+        synth.trace_map(city, settings, keep_kernels=path == "new", cull_candidates=path == "new")
         rows.append(
             {
                 "map": map_id,

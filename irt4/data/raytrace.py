@@ -212,7 +212,8 @@ class RayTracer:
     mesh sizes are padded (pad_mesh) and device positions are opaque, so the kernels Dr.Jit compiled
     for one city are reused for the next. keep_kernels=False builds the scene as irt4 did before:
     each city's own mesh sizes and literal positions (a fresh compile per city); bench/synth_speed.py
-    measures one against the other.
+    measures one against the other. cull_candidates applies irt4.data.candidate_culling to the
+    process (for good: a later tracer built without it still uses it).
     """
 
     def __init__(
@@ -226,16 +227,19 @@ class RayTracer:
         keep_kernels: bool = True,
         materials: tuple[str, ...] = ("concrete",),
         fix_diffraction: bool = True,
+        cull_candidates: bool = True,
     ):
         pin_libllvm()
         import drjit as dr
         import mitsuba as mi
         import sionna.rt as rt
 
-        from irt4.data import diffraction_fix
+        from irt4.data import candidate_culling, diffraction_fix
 
         if fix_diffraction:  # walls at any angle (irt4.data.diffraction_fix); once applied, for good
             diffraction_fix.apply()
+        if cull_candidates:  # the same paths with fewer shadow rays (irt4.data.candidate_culling)
+            candidate_culling.apply()
         if threads is not None:
             dr.set_thread_count(threads)
         self.settings = settings

@@ -261,10 +261,16 @@ def write_map(root: Path, map_id: int, city: City, gain_grey: np.ndarray, gain_d
 _tracers: dict = {}  # (settings, threads) -> the RayTracer this process reuses for all its maps
 
 
-def city_tracer(city: City, settings: SynthSettings, threads: int | None = None, keep_kernels: bool = True):
+def city_tracer(
+    city: City,
+    settings: SynthSettings,
+    threads: int | None = None,
+    keep_kernels: bool = True,
+    cull_candidates: bool = True,
+):
     """A RayTracer holding `city`: this process's persistent one, moved to the city (keep_kernels), or
-    a fresh one built for it alone, as irt4 traced before (keep_kernels=False, the benchmark's old
-    path)."""
+    a fresh one built for it alone, as irt4 traced before (keep_kernels=False and
+    cull_candidates=False: the benchmark's old path)."""
     from dataclasses import replace
 
     from irt4.data.raytrace import RayTracer, TraceSettings
@@ -293,6 +299,7 @@ def city_tracer(city: City, settings: SynthSettings, threads: int | None = None,
         threads=threads,
         keep_kernels=keep_kernels,
         materials=BUILDING_MATERIALS if keep_kernels else (),
+        cull_candidates=cull_candidates,
     )
     if keep_kernels:
         _tracers.clear()  # one tracer per process: its memory is reused from map to map
@@ -301,13 +308,17 @@ def city_tracer(city: City, settings: SynthSettings, threads: int | None = None,
 
 
 def trace_map(
-    city: City, settings: SynthSettings, threads: int | None = None, keep_kernels: bool = True
+    city: City,
+    settings: SynthSettings,
+    threads: int | None = None,
+    keep_kernels: bool = True,
+    cull_candidates: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(K, 256, 256) uint8 grey gain maps and (K, G, G) raw dB (NaN where the cell is a building)."""
     rx_pixels = receiver_pixels(SIZE, settings.grid)
     rows, cols = np.meshgrid(rx_pixels, rx_pixels, indexing="ij")  # (G, G)
     outdoor = city.buildings[rows, cols] == 0
-    tracer = city_tracer(city, settings, threads, keep_kernels)
+    tracer = city_tracer(city, settings, threads, keep_kernels, cull_candidates)
     rx_db = tracer.path_gain_db(pixel_to_world(rows[outdoor], cols[outdoor], settings.rx_height))  # (K, N)
     gain_db = np.full((len(city.transmitters), settings.grid, settings.grid), np.nan)
     gain_db[:, outdoor] = rx_db
