@@ -147,3 +147,17 @@ def regenerate_results_md(results_dir: Path = RESULTS_DIR, path: Path = RESULTS_
         )
     path.write_text(text)
     return text
+
+
+def write_dated(out: Path, kind: str, results: dict, table: str) -> Path:
+    """Write <out>/<today>-<kind>.json (the results) and .md (the table), print the table and the path;
+    for the standalone benchmarks (bench/synth_speed.py, bench/channels.py) that RESULTS.md leaves out."""
+    import datetime as dt
+
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{dt.date.today().isoformat()}-{kind}.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    path.with_suffix(".md").write_text(table + "\n")
+    print(table)
+    print(f"wrote {path}")
+    return path

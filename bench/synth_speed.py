@@ -30,6 +30,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from bench.report import write_dated
+
 
 def trace_maps(path: str, map_ids: list[int], settings_json: str, seed: int) -> list[dict]:
     """Trace map_ids with the old or new path in this process; per map: seconds and resident memory."""
@@ -126,12 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         rss_settings = replace(settings, grid=args.rss_grid)
         rows = run_path("new", list(range(1000, 1000 + args.rss_maps)), rss_settings, args.seed)
         results["rss"] = {"grid": args.rss_grid, "rows": rows, **summary(rows)}
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{dt.date.today().isoformat()}-synth-speed.json"
-    path.write_text(json.dumps(results, indent=2) + "\n")
-    path.with_suffix(".md").write_text(markdown(results) + "\n")
-    print(markdown(results))
-    print(f"wrote {path}")
+    write_dated(args.out, "synth-speed", results, markdown(results))
     return 0
 
 

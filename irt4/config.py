@@ -51,6 +51,7 @@ class VAELossConfig:
 class SwinConfig:
     """Swin conditioning backbone (torchvision swin_b layout in the reference)."""
 
+    # the condition's channels: Config.validate() sets it (len(data.condition), + 1 with a prior)
     in_channels: int = 3
     patch_size: int = 4
     embed_dim: int = 128
@@ -103,10 +104,26 @@ class DiffusionConfig:
     # above 1 more steps land near t = 1, where x_t is noise and the network must predict the map from
     # the condition alone (the part a short run learns last; irt4/assets/README.md, phase 4)
     t_power: float = 1.0
+    # "regressor": the UNet also reads a frozen RadioUNet-style regressor's prediction (built from the
+    # `baseline` section, weights from `irt4-train ldm --prior`) as one more condition channel, so the
+    # diffusion model starts from what the regressor knows of the mean; "none": the reference
+    prior: str = "none"
 
 
 # the condition's third channel (DataConfig.tx_field; irt4.data.condition draws them)
 TX_FIELDS = ("none", "log_distance")
+# the channels a condition can name (DataConfig.condition; irt4.data.channels computes them)
+CONDITION_CHANNELS = (
+    "buildings",
+    "transmitter",
+    "log_distance",
+    "line_of_sight",
+    "free_space",
+    "walls",
+    "building_metres",
+)
+REFERENCE_CONDITION = ("buildings", "transmitter", "buildings")
+DIFFUSION_PRIORS = ("none", "regressor")  # DiffusionConfig.prior
 
 
 @dataclass
@@ -119,8 +136,12 @@ class DataConfig:
     # training-set augmentation: "none", or "dihedral" = every sample in its 8 flips/90-degree
     # rotations (buildings, transmitter and gain map together; irt4.train.augment)
     augment: str = "none"
-    # the condition's third channel: "none" = the buildings again (the reference), "log_distance" = the
-    # transmitter's log-distance field (irt4.data.condition); a model is trained and sampled with one
+    # the model's condition: named channels (irt4.data.channels), as many as the Swin patch embedding
+    # and the regressor's first layer read (validate() sets swin.in_channels to match); the reference
+    # presets keep [buildings, transmitter, buildings]; the cars simulations put the cars map third
+    condition: tuple[str, ...] = REFERENCE_CONDITION
+    # legacy (bundles made before data.condition): "log_distance" = the condition
+    # [buildings, transmitter, log_distance]; validate() moves it into `condition` and resets it to "none"
     tx_field: str = "none"
 
 
@@ -206,12 +227,7 @@ class Config:
             raise ConfigError(f"diffusion.loss_type must be 'l1' or 'l2', got {self.diffusion.loss_type!r}")
         if self.data.augment not in ("none", "dihedral"):
             raise ConfigError(f"data.augment must be 'none' or 'dihedral', got {self.data.augment!r}")
-        if self.data.tx_field not in TX_FIELDS:
-            raise ConfigError(f"data.tx_field must be one of {list(TX_FIELDS)}, got {self.data.tx_field!r}")
-        if self.data.tx_field != "none" and self.data.simulation.startswith("cars"):
-            raise ConfigError(
-                "data.tx_field needs the third condition channel, which the cars simulations use"
-            )
+        self._validate_condition()
         baseline_down = 2 ** (len(self.baseline.dim_mults) - 1)
         if self.image_size % baseline_down:
             raise ConfigError(
@@ -240,6 +256,39 @@ class Config:
             for name in (*positive, "keep_checkpoints", "log_every", "ema_update_every"):
                 if getattr(trainer, name) < 1:
                     raise ConfigError(f"{key}.{name} must be at least 1")
+
+    def _validate_condition(self) -> None:
+        """data.condition's names; the legacy data.tx_field moved into it; swin.in_channels to match."""
+        data = self.data
+        if data.tx_field not in TX_FIELDS:
+            raise ConfigError(f"data.tx_field must be one of {list(TX_FIELDS)}, got {data.tx_field!r}")
+        if data.tx_field != "none":
+            if data.condition != REFERENCE_CONDITION:
+                raise ConfigError(
+                    "data.tx_field is the legacy form of data.condition: set data.condition alone, e.g. "
+                    "[buildings, transmitter, log_distance]"
+                )
+            data.condition = (*REFERENCE_CONDITION[:2], data.tx_field)
+            data.tx_field = "none"
+        if not data.condition:
+            raise ConfigError(
+                "data.condition is empty: name at least one of " + ", ".join(CONDITION_CHANNELS)
+            )
+        unknown = [name for name in data.condition if name not in CONDITION_CHANNELS]
+        if unknown:
+            raise ConfigError(
+                f"data.condition: unknown channel(s) {unknown}; known: {', '.join(CONDITION_CHANNELS)}"
+            )
+        if data.simulation.startswith("cars") and data.condition != REFERENCE_CONDITION:
+            raise ConfigError(
+                f"data.simulation {data.simulation} puts the cars map third: data.condition must stay "
+                f"{list(REFERENCE_CONDITION)}"
+            )
+        if self.diffusion.prior not in DIFFUSION_PRIORS:
+            raise ConfigError(
+                f"diffusion.prior must be one of {list(DIFFUSION_PRIORS)}, got {self.diffusion.prior!r}"
+            )
+        self.swin.in_channels = len(data.condition) + (self.diffusion.prior == "regressor")
 
 
 def _convert(value: Any, annotation: Any, key: str) -> Any:

@@ -21,7 +21,7 @@ import torch
 
 from irt4.baseline import free_space, load_baseline, transmitter_rowcol
 from irt4.data.pngio import MAP_SIZE, read_grey
-from irt4.data.radiomapseer import RadioMapSeer
+from irt4.data.radiomapseer import RadioMapSeer, model_inputs
 from irt4.errors import InputError
 from irt4.infer import (
     DatasetPairs,
@@ -48,9 +48,7 @@ DEMO_STEPS = 3
 
 
 def _pairs(data: Path, cfg, limit: int | None) -> DatasetPairs:
-    source = DatasetPairs(
-        RadioMapSeer(data, split="all", image_size=cfg.image_size, tx_field=cfg.data.tx_field)
-    )
+    source = DatasetPairs(RadioMapSeer(data, split="all", **model_inputs(cfg)))
     if limit is not None:
         source.pairs = source.pairs[:limit]
     return source
@@ -153,10 +151,7 @@ def run(args) -> None:
     if args.baseline is not None:
         regressor, _ = load_baseline(args.baseline)
         out = args.out / "baseline"
-        ours, theirs = (
-            (cfg.image_size, cfg.data.tx_field),
-            (regressor.cfg.image_size, regressor.cfg.data.tx_field),
-        )
+        ours, theirs = model_inputs(cfg), model_inputs(regressor.cfg)
         regressor_source = source if theirs == ours else _pairs(args.data, regressor.cfg, args.maps)
         results["RadioUNet-style regressor"] = run_inference(regressor, regressor_source, _options(out, args))
         write_metrics(results["RadioUNet-style regressor"], _options(out, args), _protocol(args, cfg))

@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from irt4.config import REFERENCE_CONDITION
 from irt4.data.city import transmitter_image
-from irt4.data.condition import condition_tensor, third_channel
+from irt4.data.condition import condition_image
 from irt4.data.pngio import MAP_SIZE, read_grey
 from irt4.data.radiomapseer import RadioMapSeer
 from irt4.diffusion.sampler import SamplerNoise, draw_sampler_noise, sample_latents
@@ -66,11 +67,15 @@ class DatasetPairs:
         self.dataset = dataset
         self.pairs = [Pair(m, k) for m, k in dataset.samples]
         self.skipped = dataset.skipped
+        self.condition = dataset.condition
 
     def load(self, index: int) -> PairInput:
         item = self.dataset[index]
-        buildings = (item["cond"][0] + 1) / 2
-        if buildings.shape[-1] != MAP_SIZE:
+        names = self.condition
+        channel = names.index("buildings") if "buildings" in names else None
+        if channel is not None and item["cond"].shape[-1] == MAP_SIZE:
+            buildings = (item["cond"][channel] + 1) / 2
+        else:
             map_id = self.pairs[index].map_id
             buildings = torch.from_numpy(read_grey(self.dataset.buildings_dir / f"{map_id}.png") / 255.0)
         return PairInput(item["cond"], (buildings > 0.5).float(), item["gain"][0])
@@ -101,11 +106,18 @@ class FolderPairs:
     """Building maps `DIR/{map_id}.png` (256 x 256 grey, 255 = building) and a transmitter list."""
 
     def __init__(
-        self, maps_dir: Path, tx_file: Path, image_size: int, skip_bad: bool = False, tx_field: str = "none"
+        self,
+        maps_dir: Path,
+        tx_file: Path,
+        image_size: int,
+        skip_bad: bool = False,
+        condition: tuple[str, ...] = REFERENCE_CONDITION,
+        gain_db_range: tuple[float, float] = (-147.0, -47.0),
     ):
         if not maps_dir.is_dir():
             raise InputError(f"building map folder {maps_dir} does not exist")
-        self.maps_dir, self.image_size, self.tx_field = maps_dir, image_size, tx_field
+        self.maps_dir, self.image_size = maps_dir, image_size
+        self.condition, self.gain_db_range = tuple(condition), tuple(gain_db_range)
         self.pairs: list[Pair] = []
         self.positions: dict[tuple[int, int], tuple[int, int]] = {}
         self.skipped = 0
@@ -147,8 +159,9 @@ class FolderPairs:
         buildings = self._read_buildings(pair.map_id)
         row, col = self.positions[(pair.map_id, pair.tx_index)]
         transmitter = transmitter_image(buildings.shape, row, col)
-        third = third_channel(buildings, row, col, self.tx_field)
-        cond = condition_tensor(buildings, transmitter, self.image_size, third)
+        cond = condition_image(
+            buildings, transmitter, row, col, self.condition, self.image_size, self.gain_db_range
+        )
         return PairInput(cond, torch.from_numpy(buildings), None)
 
 
@@ -374,6 +387,7 @@ def run_inference(model, source, options: InferenceOptions) -> InferenceResult:
 def _write_preview(source, indices: list[int], out: Path, inputs: dict[int, PairInput]) -> None:
     """preview.png: condition, prediction, ground truth and error of the first pairs, coloured
     (`inputs`: each of those pairs' loaded input)."""
+    from irt4.data.condition import display_channels
     from irt4.train.logs import save_sample_grid
 
     if not indices:
@@ -386,7 +400,8 @@ def _write_preview(source, indices: list[int], out: Path, inputs: dict[int, Pair
         ]
     )
     target = None if any(x.gain is None for x in items) else torch.stack([x.gain[None] for x in items])
-    save_sample_grid(out / "preview.png", predicted, target, torch.stack([x.cond for x in items]))
+    shown = display_channels(torch.stack([x.cond for x in items]), source.condition)
+    save_sample_grid(out / "preview.png", predicted, target, shown)
 
 
 def score_map(pair: Pair, item: PairInput, grey: np.ndarray, options, db_range) -> dict | None:

@@ -27,7 +27,7 @@ import torch
 
 from irt4.config import load_config
 from irt4.data.pngio import read_grey
-from irt4.data.radiomapseer import RadioMapSeer
+from irt4.data.radiomapseer import RadioMapSeer, model_inputs
 from irt4.diffusion.ddm import q_sample, reconstruct_x0
 from irt4.models.bundle import load_model
 from irt4.models.radiodiff import RadioDiff
@@ -55,7 +55,7 @@ def closer_to_own_truth(demo_out: Path) -> None:
 
 def held_out_pairs(model) -> dict[tuple[int, int], dict]:
     """The demo's pairs at the model's resolution, keyed by (map id, transmitter index)."""
-    data = RadioMapSeer(ROOT, split="all", image_size=model.cfg.image_size, tx_field=model.cfg.data.tx_field)
+    data = RadioMapSeer(ROOT, split="all", **model_inputs(model.cfg))
     return {(int(item["map_id"]), int(item["tx_index"])): item for item in data}
 
 

@@ -175,3 +175,19 @@ def test_engine_rows_carry_the_precision_their_engine_was_built_in(tmp_path):
     (tmp_path / "engine.json").write_text('{"precision": "fp32"}')
     assert sampling.with_engine_precision(path, tmp_path).dtype == torch.float32
     assert sampling.with_engine_precision(sampling.PATHS["torch"], tmp_path) is sampling.PATHS["torch"]
+
+
+def test_channel_bench_writes_its_table_and_compares_with_the_reference(committed_dataset, tmp_path):
+    from bench import channels as channel_bench
+
+    threads = torch.get_num_threads()
+    try:
+        argv = ["--root", str(committed_dataset), "--pairs", "2", "--repeats", "1", "--reference-pairs", "1"]
+        assert channel_bench.main([*argv, "--out", str(tmp_path)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    (result,) = tmp_path.glob("*-channels.json")
+    data = json.loads(result.read_text())
+    assert data["pairs"] == 2 and data["all_channels_ms"]["median"] > 0
+    assert 0.9 < data["rows"][0]["los_agreement"] <= 1.0 and "reference_ms" not in data["rows"][1]
+    assert "| all 7 channels |" in result.with_suffix(".md").read_text()

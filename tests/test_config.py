@@ -67,7 +67,22 @@ def test_cross_field_validation_names_the_fields():
         config_from_dict({"data": {"tx_field": "dot"}})
     with pytest.raises(ConfigError, match="cars"):
         config_from_dict({"data": {"tx_field": "log_distance", "simulation": "carsIRT4"}})
-    assert config_from_dict({"data": {"tx_field": "log_distance"}}).data.tx_field == "log_distance"
+    with pytest.raises(ConfigError, match=r"unknown channel.*'walls2'"):
+        config_from_dict({"data": {"condition": ["buildings", "walls2"]}})
+    with pytest.raises(ConfigError, match="empty"):
+        config_from_dict({"data": {"condition": []}})
+    with pytest.raises(ConfigError, match="legacy"):
+        config_from_dict({"data": {"tx_field": "log_distance", "condition": ["buildings", "walls"]}})
+
+
+def test_condition_list_sizes_the_swin_input_and_absorbs_the_legacy_tx_field():
+    cfg = config_from_dict({"data": {"condition": ["buildings", "transmitter", "free_space", "walls"]}})
+    assert cfg.swin.in_channels == 4
+    assert config_from_dict({}).data.condition == ("buildings", "transmitter", "buildings")
+    legacy = config_from_dict({"data": {"tx_field": "log_distance"}})
+    assert legacy.data.condition == ("buildings", "transmitter", "log_distance")
+    assert legacy.data.tx_field == "none" and legacy.swin.in_channels == 3
+    assert config_from_dict(config_to_dict(legacy)) == legacy  # round-trips in its new form
 
 
 def test_missing_preset_lists_the_presets():

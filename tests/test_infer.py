@@ -10,10 +10,12 @@ from PIL import Image
 
 from irt4.cli.infer import main
 from irt4.config import apply_overrides, load_config
-from irt4.data.radiomapseer import RadioMapSeer
+from irt4.data.radiomapseer import RadioMapSeer, model_inputs
 from irt4.infer import DatasetPairs, FolderPairs
 from irt4.models.bundle import load_model, save_bundle
 from irt4.models.radiodiff import RadioDiff
+
+LOG_DISTANCE = ("buildings", "transmitter", "log_distance")
 
 
 @pytest.fixture(scope="module")
@@ -235,28 +237,42 @@ def test_each_pair_is_read_once_and_a_resumed_run_scores_the_same(root, checkpoi
 
 
 def test_both_inputs_give_a_tx_field_model_the_same_condition(root, tmp_path):
-    dataset = RadioMapSeer(root, split="all", image_size=32, tx_field="log_distance")
+    dataset = RadioMapSeer(root, split="all", image_size=32, condition=LOG_DISTANCE)
     item = dataset[0]
     row, col = item["tx_rowcol"].tolist()
     tx = tmp_path / "tx.csv"
     tx.write_text(f"map_id,tx_index,row,col\n{item['map_id']},{item['tx_index']},{row},{col}\n")
-    folder = FolderPairs(dataset.buildings_dir, tx, 32, tx_field="log_distance")
+    folder = FolderPairs(dataset.buildings_dir, tx, 32, condition=LOG_DISTANCE)
     from_root, from_folder = DatasetPairs(dataset).load(0).cond, folder.load(0).cond
     torch.testing.assert_close(from_folder, from_root)
     assert not torch.allclose(from_root[2], from_root[0])  # the field, not the buildings again
 
 
-def test_infer_builds_the_condition_the_model_was_trained_with(root, tmp_path, monkeypatch):
-    cfg = apply_overrides(load_config("tiny"), ["data.tx_field=log_distance"])
+@pytest.mark.parametrize(
+    "override, condition",
+    [
+        ("data.tx_field=log_distance", LOG_DISTANCE),
+        (
+            "data.condition=[free_space, buildings, walls, transmitter]",
+            ("free_space", "buildings", "walls", "transmitter"),
+        ),
+    ],
+)
+def test_infer_builds_the_condition_the_model_was_trained_with(
+    root, tmp_path, monkeypatch, override, condition
+):
+    cfg = apply_overrides(load_config("tiny"), [override])
     torch.manual_seed(0)
     path = tmp_path / "field.safetensors"
     save_bundle(path, RadioDiff(cfg).eval())
     model, _ = load_model(path)
-    assert model.cfg.data.tx_field == "log_distance"
+    assert model.cfg.data.condition == condition  # the list round-trips through the bundle
     seen = []
     original = DatasetPairs.load
     monkeypatch.setattr(DatasetPairs, "load", lambda self, i: seen.append(original(self, i)) or seen[-1])
     argv = ["--checkpoint", path, "--data", root, "--split", "all", "--limit", 1, "--steps", 1]
     assert _run(*argv, "--out", tmp_path / "out") == 0
-    expected = RadioMapSeer(root, split="all", image_size=cfg.image_size, tx_field="log_distance")[0]["cond"]
-    torch.testing.assert_close(seen[0].cond, expected)
+    # the training loader's item for the same pair (irt4.train.stages.datasets builds it the same way)
+    expected = RadioMapSeer(root, split="all", **model_inputs(cfg))[0]["cond"]
+    torch.testing.assert_close(seen[0].cond, expected, rtol=0, atol=0)
+    assert (tmp_path / "out" / "preview.png").is_file()

@@ -292,7 +292,9 @@ def test_log_distance_field_is_one_at_the_transmitter_and_falls_with_distance_to
 
 def test_tx_field_puts_the_log_distance_field_third_and_leaves_buildings_and_transmitter(root):
     plain = RadioMapSeer(root, split="all", image_size=64)[3]
-    item = RadioMapSeer(root, split="all", image_size=64, tx_field="log_distance")[3]
+    item = RadioMapSeer(
+        root, split="all", image_size=64, condition=("buildings", "transmitter", "log_distance")
+    )[3]
     torch.testing.assert_close(item["cond"][:2], plain["cond"][:2])
     row, col = item["tx_rowcol"].tolist()
     field = torch.from_numpy(log_distance_field((256, 256), row, col))
@@ -303,9 +305,14 @@ def test_tx_field_puts_the_log_distance_field_third_and_leaves_buildings_and_tra
     assert abs(peak[0] - row / 4) <= 1 and abs(peak[1] - col / 4) <= 1
 
 
-def test_tx_field_is_checked(root, tmp_path):
-    with pytest.raises(InputError, match="tx_field must be one of"):
-        RadioMapSeer(root, split="all", tx_field="gaussian")
+def test_condition_is_checked(root, tmp_path):
+    with pytest.raises(InputError, match="unknown or no channels.*gaussian"):
+        RadioMapSeer(root, split="all", condition=("buildings", "gaussian"))
     write_root(tmp_path / "cars", map_ids=(1,), simulation="carsIRT4")
-    with pytest.raises(InputError, match="third condition channel"):
-        RadioMapSeer(tmp_path / "cars", split="all", simulation="carsIRT4", tx_field="log_distance")
+    with pytest.raises(InputError, match="puts the cars map third"):
+        RadioMapSeer(
+            tmp_path / "cars",
+            split="all",
+            simulation="carsIRT4",
+            condition=("buildings", "transmitter", "walls"),
+        )

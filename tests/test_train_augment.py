@@ -146,7 +146,9 @@ def test_time_budget_must_be_positive(committed_dataset, tmp_path, capsys):
 
 def test_augmented_log_distance_field_is_the_field_of_the_moved_transmitter(committed_dataset):
     # the field is drawn before the transform, so it must be the one a moved transmitter would give
-    dataset = RadioMapSeer(committed_dataset, split="all", image_size=256, tx_field="log_distance")
+    dataset = RadioMapSeer(
+        committed_dataset, split="all", image_size=256, condition=("buildings", "transmitter", "log_distance")
+    )
     augmented = DihedralAugmented(dataset)
     for k in range(DIHEDRAL):
         item = augmented[k * len(dataset) + 1]

@@ -12,6 +12,8 @@ from irt4.models.bundle import load_model, save_bundle
 from irt4.train.checkpoint import read_checkpoint
 from tests.test_train_augment import common
 
+LOG_DISTANCE = ("buildings", "transmitter", "log_distance")
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -101,7 +103,7 @@ def test_ldm_init_from_switches_to_the_tx_field_as_the_same_function_and_not_bac
     argv += ["--init-from", str(trained / "ldm.safetensors"), "--set", "trainer.lr=1e-7"]
     assert main([*argv, "--set", "data.tx_field=log_distance"]) == 0
     switched, _ = load_model(run / "last.pt", use_ema=False)
-    assert switched.cfg.data.tx_field == "log_distance"
+    assert switched.cfg.data.condition == ("buildings", "transmitter", "log_distance")
     name = "unet.cond_backbone.patch_conv.weight"
     theirs, ours = bundle.get_parameter(name).float(), switched.get_parameter(name)
     torch.testing.assert_close(ours[:, 0], theirs[:, 0] + theirs[:, 2], rtol=0, atol=1e-5)
@@ -112,7 +114,7 @@ def test_ldm_init_from_switches_to_the_tx_field_as_the_same_function_and_not_bac
         switched.get_buffer(buffer_name).copy_(buffer)
     plain = RadioMapSeer(committed_dataset, split="all", image_size=bundle.cfg.image_size)[0]["cond"]
     field = RadioMapSeer(
-        committed_dataset, split="all", image_size=bundle.cfg.image_size, tx_field="log_distance"
+        committed_dataset, split="all", image_size=bundle.cfg.image_size, condition=LOG_DISTANCE
     )
     torch.manual_seed(0)
     x, t = torch.randn(1, *bundle.latent_shape), torch.tensor([0.9])
@@ -123,4 +125,4 @@ def test_ldm_init_from_switches_to_the_tx_field_as_the_same_function_and_not_bac
     # a field model cannot go back to the buildings twice without losing what it learned
     argv = ["ldm", *common(committed_dataset), "--out", str(tmp_path / "back"), "--steps", "1"]
     assert main([*argv, "--init-from", str(run / "last.pt")]) == 2
-    assert "only a switch" in capsys.readouterr().err
+    assert "lacks ['log_distance']" in capsys.readouterr().err

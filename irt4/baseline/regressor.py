@@ -41,7 +41,7 @@ class RadioUNetRegressor(nn.Module):
         convs, groups = arch.convs_per_level, arch.groups
         self.encoder = nn.ModuleList()
         self.downsample = nn.ModuleList()
-        previous = 3  # the condition's channels
+        previous = len(cfg.data.condition)  # the condition's channels
         for level, width in enumerate(widths):
             self.encoder.append(ConvBlock(previous, width, convs, groups))
             if level < len(widths) - 1:

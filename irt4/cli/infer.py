@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _source(args, image_size: int, tx_field: str):
+def _source(args, data_cfg, image_size: int):
     from irt4.infer import DatasetPairs, FolderPairs
 
     if (args.data is None) == (args.maps is None):
@@ -127,7 +127,14 @@ def _source(args, image_size: int, tx_field: str):
     if args.maps is not None:
         if args.tx is None:
             raise InputError("--maps needs --tx FILE (CSV map_id,tx_index,row,col or JSON)")
-        return FolderPairs(args.maps, args.tx, image_size, skip_bad=args.skip_bad, tx_field=tx_field)
+        return FolderPairs(
+            args.maps,
+            args.tx,
+            image_size,
+            skip_bad=args.skip_bad,
+            condition=data_cfg.condition,
+            gain_db_range=data_cfg.gain_db_range,
+        )
     from irt4.data.radiomapseer import RadioMapSeer
 
     dataset = RadioMapSeer(
@@ -137,7 +144,8 @@ def _source(args, image_size: int, tx_field: str):
         simulation=args.simulation,
         image_size=image_size,
         skip_bad=args.skip_bad,
-        tx_field=tx_field,
+        condition=data_cfg.condition,
+        gain_db_range=data_cfg.gain_db_range,
     )
     return DatasetPairs(dataset)
 
@@ -175,7 +183,7 @@ def run(args) -> int:
             model, info = load_model(args.checkpoint, args.device, use_ema=args.ema)
             described = f"{info['weights']} weights"
         cfg = model.cfg
-    source = _source(args, cfg.image_size, cfg.data.tx_field)
+    source = _source(args, cfg.data, cfg.image_size)
     if args.limit is not None:
         source.pairs = source.pairs[: args.limit]
     options = InferenceOptions(

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from irt4.config import Config, apply_overrides, config_from_dict, load_config
+from irt4.config import Config, apply_overrides, config_from_dict, config_to_dict, load_config
 from irt4.errors import InputError
 
 PROG = "irt4-train"
@@ -134,6 +134,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_init_option(ldm, "the whole model (VAE, UNet, scale_factor) of a diffusion bundle or checkpoint")
     ldm.add_argument(
+        "--prior",
+        type=Path,
+        metavar="REGRESSOR",
+        help="a trained regressor (a baseline bundle or checkpoint of `irt4-train baseline`, same "
+        "data.condition and image_size): the UNet reads its frozen prediction as one more condition "
+        "channel (sets diffusion.prior=regressor and the baseline section to the regressor's). Fresh runs "
+        "only: a resumed or --init-from run keeps the regressor it holds",
+    )
+    ldm.add_argument(
         "--cache-latents",
         action="store_true",
         help="encode every training map's VAE posterior once and sample latents from it at each step",
@@ -163,11 +172,22 @@ def _add_init_option(parser: argparse.ArgumentParser, what: str) -> None:
     )
 
 
+def prior_overrides(path: Path) -> list[str]:
+    """The config overrides that make a diffusion model hold the regressor `path` as its prior."""
+    from irt4.baseline.bundle import load_baseline
+
+    regressor, _ = load_baseline(path)  # InputError for a missing or foreign file
+    arch = config_to_dict(regressor.cfg)["baseline"]
+    return ["diffusion.prior=regressor", *(f"baseline.{key}={value}" for key, value in arch.items())]
+
+
 def _resolve_config(args: argparse.Namespace, section: str) -> tuple[Config, tuple | None]:
     """The run's config: --config (or the resumed checkpoint's) with the command-line overrides."""
     from irt4.train.checkpoint import load_newest_valid
 
     overrides = list(args.overrides)
+    if getattr(args, "prior", None) is not None:
+        overrides += prior_overrides(args.prior)
     for value, key in ((args.steps, f"{section}.train_num_steps"), (args.seed, f"{section}.seed")):
         if value is not None:
             overrides.append(f"{key}={value}")
@@ -201,6 +221,7 @@ def train(args: argparse.Namespace) -> int:
         checkpoint_vae_weights,
         datasets,
         init_from_trained,
+        load_prior,
         read_vae_weights,
     )
     from irt4.train.trainer import (
@@ -260,6 +281,17 @@ def train(args: argparse.Namespace) -> int:
         stage = LDMStage(cfg, train_set, sample_set, vae_weights, cache_latents=args.cache_latents)
     if init_from is not None:
         init_from_trained(stage, init_from)
+    prior = getattr(args, "prior", None)
+    if prior is not None:
+        if resume is not None or init_from is not None:
+            raise InputError("--prior starts a fresh run: a resumed or --init-from model keeps its regressor")
+        load_prior(stage, prior)
+    elif (
+        args.command == "ldm" and cfg.diffusion.prior == "regressor" and resume is None and init_from is None
+    ):
+        raise InputError(
+            "diffusion.prior=regressor needs --prior REGRESSOR (an `irt4-train baseline` result)"
+        )
     try:
         return Trainer(stage, cfg, options, env, resume).run()
     finally:

@@ -1,4 +1,7 @@
-"""The model's condition image: [buildings, transmitter, buildings] in [-1, 1] (spec: "Data").
+"""The model's condition image: its named channels (data.condition) in [-1, 1] (spec: "Data").
+
+The reference's condition is [buildings, transmitter, buildings]; `condition_image` builds any list
+of irt4.data.channels' names, the same way in training, irt4-infer and the demo.
 
 `tx_field="log_distance"` (irt4's option, off in the reference presets) puts the transmitter's
 log-distance field in the third channel instead of the buildings' copy: the same position, seen by
@@ -48,6 +51,40 @@ def resize_maps(maps: torch.Tensor, size: int) -> torch.Tensor:
     )[0]
 
 
+def condition_image(
+    buildings: np.ndarray,
+    transmitter: np.ndarray,
+    row: int,
+    col: int,
+    names,
+    image_size: int,
+    gain_db_range: tuple[float, float] = (-147.0, -47.0),
+    cars: np.ndarray | None = None,
+) -> torch.Tensor:
+    """(C, image_size, image_size) in [-1, 1]: the channels `names` (irt4.data.channels) of a map.
+
+    buildings (H, W) in [0, 1]; transmitter (H, W) the transmitter image (1 at its pixel) and (row, col)
+    its pixel; cars (H, W) replaces the third channel (the cars simulations, reference condition only).
+    With the reference names this is condition_tensor exactly."""
+    from irt4.data.channels import channel_maps
+
+    names = tuple(names)
+    maps = channel_maps(buildings, (row, col), names, gain_db_range=gain_db_range)[0]
+    for k, name in enumerate(names):
+        if name == "transmitter":
+            maps[k] = torch.from_numpy(np.asarray(transmitter, dtype=np.float32))
+    if cars is not None:
+        maps[2] = torch.from_numpy(np.asarray(cars, dtype=np.float32))
+    downsizing = image_size < maps.shape[-1]
+    maps = resize_maps(maps, image_size)
+    if downsizing:
+        for k, name in enumerate(names):
+            peak = maps[k].max()
+            if name == "transmitter" and peak > 0:
+                maps[k] = maps[k] / peak
+    return maps * 2 - 1
+
+
 def condition_tensor(
     buildings: np.ndarray, transmitter: np.ndarray, image_size: int, third: np.ndarray | None = None
 ) -> torch.Tensor:
@@ -64,3 +101,16 @@ def condition_tensor(
         if peak > 0:
             stacked[1] = stacked[1] / peak
     return stacked * 2 - 1
+
+
+def display_channels(cond: torch.Tensor, names) -> torch.Tensor:
+    """(B, 2, h, w): the buildings and transmitter channels of conditions (B, C, h, w) whose channels
+    are `names`, for pictures (the sample grids); a channel the list lacks stays at cond's minimum."""
+    names = tuple(names)
+    picked = []
+    for name in ("buildings", "transmitter"):
+        if name in names:
+            picked.append(cond[:, names.index(name)])
+        else:
+            picked.append(torch.full_like(cond[:, 0], float(cond.min())))
+    return torch.stack(picked, dim=1)

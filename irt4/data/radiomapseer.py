@@ -2,9 +2,9 @@
 
 A sample is (map m, transmitter k). Its item, at model resolution S = `image_size`:
   image    (1, S, S)     target: gain PNG / target_divisor, resized, then to [-1, 1]
-  cond     (3, S, S)     [buildings, transmitter, buildings] in [-1, 1]; the cars simulations give
-                         [buildings, transmitter, cars], as the reference's cars loader builds it;
-                         `tx_field="log_distance"`: [buildings, transmitter, its log-distance field]
+  cond     (C, S, S)     the channels named by `condition` (irt4.data.channels) in [-1, 1]: by default
+                         the reference's [buildings, transmitter, buildings]; the cars simulations give
+                         [buildings, transmitter, cars], as the reference's cars loader builds it
   gain     (1, 256, 256) gain PNG / 255 on [0, 1] at disk resolution, for metrics (always / 255)
   map_id, tx_index       ints
   tx_rowcol              (2,) long: the transmitter's (row, col) pixel on the 256 x 256 disk grid
@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from irt4.config import TX_FIELDS
+from irt4.config import CONDITION_CHANNELS, REFERENCE_CONDITION
 from irt4.data.city import transmitter_image
-from irt4.data.condition import condition_tensor, resize_maps, third_channel
+from irt4.data.condition import condition_image, resize_maps
 from irt4.data.pngio import MAP_SIZE, png_problem, read_grey
 from irt4.data.splits import GENERATED_FRACTIONS, POSITIONS, is_radiomapseer, resolve_scheme, split_map_ids
 from irt4.errors import InputError
@@ -44,6 +44,15 @@ RADIOMAPSEER_TX_DEFAULT = 80
 POLARITY_MAPS = 3  # maps checked for building polarity at construction
 POLARITY_TOLERANCE = 0.1  # share of building pixels allowed gain > 0 (edge effects of generated data)
 _GAIN_NAME = re.compile(r"^(\d+)_(\d+)\.png$")
+
+
+def model_inputs(cfg) -> dict:
+    """RadioMapSeer's keyword arguments that build the inputs a model of config `cfg` reads."""
+    return {
+        "image_size": cfg.image_size,
+        "condition": cfg.data.condition,
+        "gain_db_range": tuple(cfg.data.gain_db_range),
+    }
 
 
 class RadioMapSeer(Dataset):
@@ -64,8 +73,9 @@ class RadioMapSeer(Dataset):
             RadioMapSeer's loaders read it; 0 for a root with the opposite polarity). Checked on load.
         map_ids: only these maps (overrides `split`; for looking at single samples).
         split_seed, split_fractions: the 'generated' scheme's shuffle seed and (train, val, test).
-        tx_field: the condition's third channel (irt4.config.TX_FIELDS; the model's
-            `data.tx_field`): "none" keeps the buildings (or the cars map) there.
+        condition: the condition's channel names (the model's `data.condition`;
+            irt4.data.channels); the cars simulations need the reference's three.
+        gain_db_range: the data's grey-to-dB range (`data.gain_db_range`), for the free_space channel.
 
     On a RadioMapSeer root every map has a fixed list of transmitters (IRT4: 0 and 1, else 0..79)
     and a missing file is an error; on a generated root the transmitters of a map are those whose gain
@@ -85,7 +95,8 @@ class RadioMapSeer(Dataset):
         map_ids: list[int] | None = None,
         split_seed: int = 0,
         split_fractions: tuple[float, float, float] = GENERATED_FRACTIONS,
-        tx_field: str = "none",
+        condition: tuple[str, ...] = REFERENCE_CONDITION,
+        gain_db_range: tuple[float, float] = (-147.0, -47.0),
     ):
         if simulation not in SIMULATIONS:
             raise InputError(f"unknown simulation {simulation!r}; expected one of {list(SIMULATIONS)}")
@@ -95,13 +106,19 @@ class RadioMapSeer(Dataset):
             raise InputError(f"target_divisor must be positive, got {target_divisor}")
         if building_value not in (0, 255):
             raise InputError(f"building_value must be 255 or 0, got {building_value}")
-        if tx_field not in TX_FIELDS:
-            raise InputError(f"tx_field must be one of {list(TX_FIELDS)}, got {tx_field!r}")
-        if tx_field != "none" and simulation.startswith("cars"):
+        condition = tuple(condition)
+        unknown = [name for name in condition if name not in CONDITION_CHANNELS]
+        if unknown or not condition:
             raise InputError(
-                f"tx_field {tx_field!r} needs the third condition channel, which {simulation} uses"
+                f"condition: unknown or no channels {unknown}; known: {list(CONDITION_CHANNELS)}"
             )
-        self.tx_field = tx_field
+        if condition != REFERENCE_CONDITION and simulation.startswith("cars"):
+            raise InputError(
+                f"condition {list(condition)}: {simulation} puts the cars map third, so it needs "
+                f"{list(REFERENCE_CONDITION)}"
+            )
+        self.condition = condition
+        self.gain_db_range = tuple(gain_db_range)
         self.root = Path(root)
         self.simulation = simulation
         self.image_size = image_size
@@ -143,12 +160,15 @@ class RadioMapSeer(Dataset):
         gain_pixels = torch.from_numpy(
             read_grey(self.gain_dir / f"{map_id}_{tx_index}.png").astype(np.float32)
         )
-        third = third_channel(buildings, row, col, self.tx_field)
+        cars = None
         if self.cars_dir is not None:
-            third = read_grey(self.cars_dir / f"{map_id}.png").astype(np.float32) / 255
+            cars = read_grey(self.cars_dir / f"{map_id}.png").astype(np.float32) / 255
+        cond = condition_image(
+            buildings, transmitter, row, col, self.condition, self.image_size, self.gain_db_range, cars
+        )
         return {
             "image": resize_maps(gain_pixels[None] / self.target_divisor, self.image_size) * 2 - 1,
-            "cond": condition_tensor(buildings, transmitter, self.image_size, third),
+            "cond": cond,
             "gain": gain_pixels[None] / 255,
             "map_id": map_id,
             "tx_index": tx_index,

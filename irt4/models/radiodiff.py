@@ -1,4 +1,5 @@
-"""The whole model: the frozen first-stage VAE, the conditional UNet and the latent scale."""
+"""The whole model: the frozen first-stage VAE, the conditional UNet (with, under diffusion.prior,
+its frozen regressor) and the latent scale."""
 
 from __future__ import annotations
 
@@ -20,7 +21,12 @@ class RadioDiff(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.vae = AutoencoderKL(**dataclasses.asdict(cfg.vae))
-        self.unet = ConditionalUNet(cfg.unet, cfg.swin, cfg.latent_size)
+        prior = None
+        if cfg.diffusion.prior == "regressor":
+            from irt4.baseline.regressor import RadioUNetRegressor  # irt4.baseline imports this module
+
+            prior = RadioUNetRegressor(cfg)
+        self.unet = ConditionalUNet(cfg.unet, cfg.swin, cfg.latent_size, prior)
         # 1 / std(z) of the first training batch when scale_by_std; saved with the weights
         self.register_buffer("scale_factor", torch.tensor(cfg.diffusion.scale_factor))
         use_kernels(self, cfg.kernels)

@@ -138,8 +138,11 @@ def _decouple_branch(dim: int, mid_size: int) -> nn.Sequential:
 
 
 class ConditionalUNet(nn.Module):
-    def __init__(self, cfg: UNetConfig, swin: SwinConfig, latent_size: int):
+    def __init__(self, cfg: UNetConfig, swin: SwinConfig, latent_size: int, prior: nn.Module | None = None):
         super().__init__()
+        # a frozen regressor (diffusion.prior): its gain map joins the condition as a last channel
+        self.prior = prior.requires_grad_(False) if prior is not None else None
+        self.base_channels = swin.in_channels - (prior is not None)
         self.channels = cfg.channels
         dims = [cfg.dim, *(cfg.dim * m for m in cfg.dim_mults)]
         levels = len(cfg.dim_mults)
@@ -173,9 +176,14 @@ class ConditionalUNet(nn.Module):
         self.noise_decoder = Decoder(cfg, dims, time_dim)
 
     def encode_condition(self, cond: torch.Tensor) -> CondFeatures:
-        """(B, 3 or cond_adapter_channels, H, W) condition image -> features reused by every step."""
-        if self.cond_adapter is not None and cond.shape[1] == self.cond_adapter.in_channels:
+        """(B, C or cond_adapter_channels, H, W) condition image -> features reused by every step."""
+        adapted = self.cond_adapter is not None and cond.shape[1] == self.cond_adapter.in_channels
+        if adapted and cond.shape[1] != self.base_channels:
             cond = self.cond_adapter(cond)
+        if self.prior is not None:
+            with torch.no_grad():
+                gain = torch.sigmoid(self.prior(cond).float()).to(cond.dtype)  # [0, 1], like the targets
+            cond = torch.cat([cond, gain * 2 - 1], dim=1)
         stages = self.cond_backbone(cond)
         return (stages[0], *(proj(stage) for proj, stage in zip(self.cond_projections, stages)))
 

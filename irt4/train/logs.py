@@ -185,7 +185,8 @@ def _resize(rgb: np.ndarray, size_hw: tuple[int, int]) -> Image.Image:
 
 
 def _buildings_cell(cond: np.ndarray, size_hw: tuple[int, int]) -> Image.Image:
-    """cond (3, h, w) in [0, 1]: buildings in grey, the transmitter ringed in red."""
+    """cond (C >= 2, h, w) in [0, 1], buildings and transmitter first: buildings in grey, the
+    transmitter ringed in red."""
     grey = (np.clip(cond[0], 0.0, 1.0) * 255).astype(np.uint8)
     image = _resize(np.stack([grey] * 3, axis=-1), size_hw).convert("RGB")
     tx = cond[1]
@@ -209,8 +210,9 @@ def save_sample_grid(
     """One PNG, one row per map: buildings with the transmitter (when `cond` is given), prediction,
     ground truth and |difference| (when `target` is given).
 
-    predicted, target: (B, 1, H, W) in [0, 1]. cond: (B, 3, h, w), [buildings, transmitter,
-    buildings], in [-1, 1] (the model's input) or [0, 1]; any h, w (resized for display).
+    predicted, target: (B, 1, H, W) in [0, 1]. cond: (B, C >= 2, h, w) whose first two channels are the
+    buildings and the transmitter (irt4.data.condition.display_channels picks them from any
+    condition), in [-1, 1] (the model's input) or [0, 1]; any h, w (resized for display).
     Maps are drawn with viridis on [0, 1]; each |difference| with magma on [0, its row's maximum],
     which is printed in the cell.
     """
@@ -221,7 +223,7 @@ def save_sample_grid(
         conds = (conds + 1) / 2
     batch, height, width = maps.shape
     assert truth is None or truth.shape == maps.shape, (truth.shape, maps.shape)
-    assert conds is None or (conds.shape[0] == batch and conds.shape[1] == 3), conds.shape
+    assert conds is None or (conds.shape[0] == batch and conds.shape[1] >= 2), conds.shape
 
     labels = (["buildings + Tx"] if conds is not None else []) + ["prediction"]
     if truth is not None:

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from irt4.baseline.regressor import RadioUNetRegressor, regression_loss
 from irt4.baseline.regressor import predict as regressor_predict
 from irt4.config import Config, config_from_dict
-from irt4.data.radiomapseer import RadioMapSeer
+from irt4.data.radiomapseer import RadioMapSeer, model_inputs
 from irt4.diffusion.ddm import training_loss
 from irt4.errors import InputError
 from irt4.models.radiodiff import RadioDiff
@@ -40,9 +40,8 @@ def datasets(cfg: Config, root: Path) -> tuple[Dataset, Dataset]:
     common = dict(
         split_scheme=cfg.data.split,
         simulation=cfg.data.simulation,
-        image_size=cfg.image_size,
         target_divisor=cfg.data.target_divisor,
-        tx_field=cfg.data.tx_field,
+        **model_inputs(cfg),
     )
     train_set = RadioMapSeer(root, split="train", **common)
     try:
@@ -280,7 +279,19 @@ def init_from_trained(stage: LDMStage | BaselineStage, path: Path) -> None:
         trained, _ = load_model(path)  # InputError for a missing, foreign or baseline file
     else:
         trained, _ = load_baseline(path)
-    theirs, ours = trained.state_dict(), stage.model.state_dict()
+    theirs, ours = dict(trained.state_dict()), stage.model.state_dict()
+    if trained.cfg.data.condition != stage.cfg.data.condition:
+        # the conv that reads the condition image
+        name = "unet.cond_backbone.patch_conv.weight" if isinstance(stage, LDMStage) else "encoder.0.0.weight"
+        theirs[name] = adapted_input_weight(
+            theirs[name], trained.cfg.data.condition, stage.cfg.data.condition, path
+        )
+        log.info(
+            "--init-from: condition %s -> %s (%s; new channels start at 0)",
+            list(trained.cfg.data.condition),
+            list(stage.cfg.data.condition),
+            name,
+        )
     misfit = sorted(k for k in ours if k not in theirs or theirs[k].shape != ours[k].shape)
     misfit += sorted(set(theirs) - set(ours))
     if misfit:
@@ -292,27 +303,44 @@ def init_from_trained(stage: LDMStage | BaselineStage, path: Path) -> None:
     if isinstance(stage, LDMStage):
         stage.keep_scale_factor = True
     log.info("--init-from: network weights from %s", path)
-    if trained.cfg.data.tx_field != stage.cfg.data.tx_field:
-        _switch_third_channel(stage, trained.cfg.data.tx_field, path)
 
 
-def _switch_third_channel(stage: LDMStage | BaselineStage, theirs: str, path: Path) -> None:
-    """A model trained with the buildings in the condition's third channel (`data.tx_field: none`) goes
-    on with the transmitter's field there: the two equal channels' input weights are summed into the
-    first and the field's start at zero, so the network starts as the function it was (the loss does
-    not jump) and learns to read the field from its gradient."""
-    ours = stage.cfg.data.tx_field
-    if theirs != "none":
+def load_prior(stage: LDMStage, path: Path) -> None:
+    """Put the trained regressor `path` (a baseline bundle or checkpoint) into the diffusion model's
+    prior slot (diffusion.prior: regressor), frozen. Its inputs must be the diffusion model's own."""
+    from irt4.baseline.bundle import load_baseline
+
+    regressor, info = load_baseline(path)
+    prior = stage.model.unet.prior
+    if prior is None:
+        raise InputError(f"--prior {path}: this run's config has diffusion.prior=none")
+    ours, theirs = stage.cfg, regressor.cfg
+    if (theirs.data.condition, theirs.image_size) != (ours.data.condition, ours.image_size):
         raise InputError(
-            f"--init-from {path}: trained with data.tx_field={theirs}, this run has {ours}; only a switch "
-            "from 'none' (the buildings twice) keeps what the model learned"
+            f"--prior {path}: the regressor reads data.condition {list(theirs.data.condition)} at "
+            f"{theirs.image_size} px, this run {list(ours.data.condition)} at {ours.image_size} px; "
+            "train the regressor on the same inputs"
         )
-    # the conv that reads the condition image
-    name = "unet.cond_backbone.patch_conv.weight" if isinstance(stage, LDMStage) else "encoder.0.0.weight"
-    weight = stage.model.get_parameter(name)
-    with torch.no_grad():
-        weight[:, 0] += weight[:, 2]
-        weight[:, 2] = 0
-    log.info(
-        "--init-from: condition channel 3 is now data.tx_field=%s (%s: its weights start at 0)", ours, name
-    )
+    prior.load_state_dict(regressor.state_dict())
+    prior.requires_grad_(False)
+    log.info("--prior: the frozen regressor of %s (%s weights)", path, info.get("weights", "?"))
+
+
+def adapted_input_weight(
+    weight: torch.Tensor, theirs: tuple[str, ...], ours: tuple[str, ...], path: Path
+) -> torch.Tensor:
+    """The input conv's weight (O, len(theirs), kh, kw) for the condition `ours`, so that the network
+    computes the function it was: each of their channels' weights go to our first channel of the same
+    name (summed, so the reference's two equal buildings channels become one), and channels they lacked
+    start at zero; the network then learns to read those from their gradients. A channel of theirs that
+    ours lacks would change the function: InputError."""
+    dropped = sorted(set(theirs) - set(ours))
+    if dropped:
+        raise InputError(
+            f"--init-from {path}: trained with data.condition {list(theirs)}, this run has {list(ours)}; "
+            f"it lacks {dropped}, which the model reads. Keep every trained channel and add new ones"
+        )
+    adapted = weight.new_zeros(weight.shape[0], len(ours), *weight.shape[2:])
+    for k, channel in enumerate(theirs):
+        adapted[:, ours.index(channel)] += weight[:, k]
+    return adapted

@@ -425,6 +425,7 @@ class Trainer:
         write_json_atomic(self.run_dir / "run.json", self.record)
 
     def _sample_grid(self, step: int) -> None:
+        from irt4.data.condition import display_channels
         from irt4.train.logs import save_sample_grid
 
         count = min(self.tcfg.sample_maps, len(self.stage.sample_set))
@@ -436,8 +437,9 @@ class Trainer:
             predicted = self.stage.predict(self.ema.shadow, batch, self.options.sample_steps, generator)
         path = self.run_dir / "samples" / f"step-{step:07d}.png"
         path.parent.mkdir(exist_ok=True)
+        shown = display_channels(batch["cond"], self.cfg.data.condition)
         save_sample_grid(
-            path, predicted.float().cpu(), ((batch["image"] + 1) / 2).cpu(), ((batch["cond"] + 1) / 2).cpu()
+            path, predicted.float().cpu(), ((batch["image"] + 1) / 2).cpu(), ((shown + 1) / 2).cpu()
         )
 
     # ---- the step --------------------------------------------------------------------------------
