@@ -5,8 +5,10 @@ irt4/assets/README.md) samples every (map, transmitter) pair of the held-out tes
 `tests/data/synth-irt4` (ray-traced with another seed than the training maps) with 3 steps on the
 CPU (`DEMO_STEPS`). Beside it, on the same pairs and with the same metrics: the RadioUNet-style
 regressor trained with the same budget (`baseline-small.safetensors`) and a free-space map masked by
-line of sight.
-Everything goes to demo-out/: each model's PNG maps and metrics, and preview.png.
+line of sight; then the same on pairs of the out-of-distribution set `datasets/city-ood` (a city
+style no training map has), and a table per city style (the styles of the maps' footprints files).
+Everything goes to demo-out/: each model's PNG maps and metrics (the OOD set's under ood/), and
+preview.png.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 from irt4.baseline import free_space, load_baseline, transmitter_rowcol
 from irt4.data.pngio import MAP_SIZE, read_grey
 from irt4.data.radiomapseer import RadioMapSeer, model_inputs
+from irt4.data.synth import map_styles
 from irt4.errors import InputError
 from irt4.infer import (
     DatasetPairs,
@@ -39,6 +42,7 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 DEFAULT_MODEL = ASSETS / "default-small.safetensors"
 BASELINE_MODEL = ASSETS / "baseline-small.safetensors"
 TEST_DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "synth-irt4"
+OOD_DATA = Path(__file__).resolve().parents[1] / "datasets" / "city-ood"
 SHOWN = ("rmse_raw", "ssim_raw", "psnr_raw", "rmse_thr", "ssim_thr", "rmse_db")
 PREVIEW_ROWS = 4
 # The public RadioDiff sampling config for IRT4 takes 3 steps. The shipped model also scores best with
@@ -130,46 +134,95 @@ def write_preview(source: DatasetPairs, folders: dict[str, Path], path: Path, ro
     plt.close(figure)
 
 
+def evaluate(
+    model, regressor, data: Path, limit: int | None, out: Path, args
+) -> tuple[dict, dict, DatasetPairs]:
+    """The diffusion model, the regressor (if any) and free space on the pairs of `data`, written under
+    `out`: ({label: InferenceResult}, {column name: folder}, the pairs)."""
+    cfg = model.cfg
+    source = _pairs(data, cfg, limit)
+    protocol = {**_protocol(args, cfg), "data": str(data)}
+    results: dict[str, InferenceResult] = {}
+    folders: dict[str, Path] = {}
+
+    folder = out / "diffusion"
+    results[f"diffusion ({cfg.name}, {args.steps} steps)"] = run_inference(
+        model, source, _options(folder, args)
+    )
+    write_metrics(results[next(reversed(results))], _options(folder, args), protocol)
+    folders["irt4 diffusion"] = folder
+
+    if regressor is not None:
+        folder = out / "baseline"
+        ours, theirs = model_inputs(cfg), model_inputs(regressor.cfg)
+        regressor_source = source if theirs == ours else _pairs(data, regressor.cfg, limit)
+        results["RadioUNet-style regressor"] = run_inference(
+            regressor, regressor_source, _options(folder, args)
+        )
+        write_metrics(results["RadioUNet-style regressor"], _options(folder, args), protocol)
+        folders["regressor"] = folder
+
+    folder = out / "free-space"
+    results["free space, LoS-masked"] = run_free_space(source, _options(folder, args), cfg.data.gain_db_range)
+    write_metrics(results["free space, LoS-masked"], _options(folder, args), protocol)
+    folders["free space"] = folder
+    return results, folders, source
+
+
+def per_style_table(results_by_set: dict[str, dict[str, InferenceResult]], styles_by_set: dict) -> str:
+    """RMSE (dB) / SSIM (raw) of each model, per set and city style (the styles of the maps'
+    footprints files), means over the pairs of that style."""
+    labels = list(next(iter(results_by_set.values())))
+    header = f"{'set / style':<24}{'pairs':>6}" + "".join(f"{label[:26]:>28}" for label in labels)
+    lines = [header, "-" * len(header)]
+    for set_name, results in results_by_set.items():
+        styles = styles_by_set[set_name]
+        groups: dict[str, list[tuple[int, int]]] = {}
+        for row in next(iter(results.values())).per_pair_metrics:
+            key = (row["map_id"], row["tx_index"])
+            groups.setdefault(styles.get(row["map_id"], "unknown"), []).append(key)
+        for style, keys in sorted(groups.items()):
+            cells = []
+            for label in labels:
+                by_pair = {(r["map_id"], r["tx_index"]): r for r in results[label].per_pair_metrics}
+                rmse = np.mean([by_pair[k]["rmse_db"] for k in keys])
+                ssim = np.mean([by_pair[k]["ssim_raw"] for k in keys])
+                cells.append(f"{rmse:>17.2f} / {ssim:.3f}")
+            lines.append(f"{set_name + ' / ' + style:<24}{len(keys):>6}" + "".join(cells))
+    return "\n".join(lines)
+
+
 def run(args) -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model, info = load_model(args.model)
     cfg = model.cfg
-    source = _pairs(args.data, cfg, args.maps)
+    regressor = load_baseline(args.baseline)[0] if args.baseline is not None else None
+    sets = {"test": (args.data, args.maps, args.out)}
+    if args.ood is not None:
+        if (args.ood / "png").is_dir():
+            sets["ood"] = (args.ood, args.ood_pairs, args.out / "ood")
+        else:
+            print(f"no out-of-distribution set at {args.ood} (--no-ood skips it): scoring the test set only")
     print(
-        f"irt4 demo: {len(source.pairs)} (map, transmitter) pairs of {args.data} (held out from training)\n"
-        f"default model: {args.model.name} (preset {cfg.name!r}, {info['weights']} weights), "
+        f"irt4 demo: default model {args.model.name} (preset {cfg.name!r}, {info['weights']} weights), "
         f"CPU, fp32, batch {args.batch_size}, {args.steps} sampling steps, backend torch (eager)"
     )
-    results: dict[str, InferenceResult] = {}
-    folders: dict[str, Path] = {}
-
-    out = args.out / "diffusion"
-    results[f"diffusion ({cfg.name}, {args.steps} steps)"] = run_inference(model, source, _options(out, args))
-    write_metrics(results[next(reversed(results))], _options(out, args), _protocol(args, cfg))
-    folders["irt4 diffusion"] = out
-
-    if args.baseline is not None:
-        regressor, _ = load_baseline(args.baseline)
-        out = args.out / "baseline"
-        ours, theirs = model_inputs(cfg), model_inputs(regressor.cfg)
-        regressor_source = source if theirs == ours else _pairs(args.data, regressor.cfg, args.maps)
-        results["RadioUNet-style regressor"] = run_inference(regressor, regressor_source, _options(out, args))
-        write_metrics(results["RadioUNet-style regressor"], _options(out, args), _protocol(args, cfg))
-        folders["regressor"] = out
-
-    out = args.out / "free-space"
-    results["free space, LoS-masked"] = run_free_space(source, _options(out, args), cfg.data.gain_db_range)
-    write_metrics(results["free space, LoS-masked"], _options(out, args), _protocol(args, cfg))
-    folders["free space"] = out
-
-    write_preview(source, folders, args.out / "preview.png", PREVIEW_ROWS)
-    print()
-    print(comparison_table(results))
+    results_by_set, styles_by_set = {}, {}
+    for name, (data, limit, out) in sets.items():
+        results, folders, source = evaluate(model, regressor, data, limit, out, args)
+        results_by_set[name], styles_by_set[name] = results, map_styles(data)
+        if name == "test":
+            write_preview(source, folders, args.out / "preview.png", PREVIEW_ROWS)
+        held_out = "held out from training" if name == "test" else "a city style no training map has"
+        print(f"\n{name}: {len(source.pairs)} (map, transmitter) pairs of {data} ({held_out})")
+        print(comparison_table(results))
     print(
-        f"\nmeans over {len(source.pairs)} maps, scored from the written 8-bit PNGs at 256 x 256 "
-        f"(raw: gain/255; thr: RadioUNet's threshold scale; rmse_db in dB)"
+        "\nmeans over the pairs, scored from the written 8-bit PNGs at 256 x 256 (raw: gain/255; thr: "
+        "RadioUNet's threshold scale; rmse_db in dB)\n"
     )
-    print(f"wrote maps, metrics (metrics.csv/json per model) and preview.png to {args.out}/")
+    print("per city style, RMSE (dB) / SSIM (raw):")
+    print(per_style_table(results_by_set, styles_by_set))
+    print(f"\nwrote maps, metrics (metrics.csv/json per model and set) and preview.png to {args.out}/")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,6 +237,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-baseline", dest="baseline", action="store_const", const=None)
     parser.add_argument("--data", type=Path, default=TEST_DATA, help="RadioMapSeer-layout test set")
     parser.add_argument("--maps", type=int, default=None, help="only the first N pairs (default: all)")
+    parser.add_argument(
+        "--ood",
+        type=Path,
+        default=OOD_DATA,
+        help="out-of-distribution set scored too, into OUT/ood (default: datasets/city-ood, the industrial "
+        "style that no training map has)",
+    )
+    parser.add_argument(
+        "--no-ood", dest="ood", action="store_const", const=None, help="score the test set only"
+    )
+    parser.add_argument(
+        "--ood-pairs", type=int, default=12, help="pairs of the OOD set scored (default: %(default)s)"
+    )
     parser.add_argument(
         "--steps",
         type=int,

@@ -23,15 +23,32 @@ def test_shipped_models_load_with_their_kind():
 
 
 def test_demo_writes_maps_metrics_and_preview(tmp_path, capsys):
-    assert demo.main(["--maps", "2", "--steps", "2", "--out", str(tmp_path)]) == 0
+    argv = ["--maps", "2", "--ood-pairs", "2", "--steps", "2", "--out", str(tmp_path)]
+    assert demo.main(argv) == 0
     printed = capsys.readouterr().out
     for label in ("diffusion (small, 2 steps)", "RadioUNet-style regressor", "free space, LoS-masked"):
         assert label in printed
-    for folder in ("diffusion", "baseline", "free-space"):
+    for folder in ("diffusion", "baseline", "free-space", "ood/diffusion", "ood/baseline", "ood/free-space"):
         metrics = json.loads((tmp_path / folder / "metrics.json").read_text())
         assert len(list((tmp_path / folder).glob("*_*.png"))) == 2
         assert 0 <= metrics["summary"]["rmse_raw"]["mean"] <= 1
     assert (tmp_path / "preview.png").stat().st_size > 10_000
+    # the committed test set's map 0 is a perimeter-block map, the OOD set is all industrial
+    assert "test / perimeter" in printed and "ood / industrial" in printed
+
+
+def test_per_style_table_groups_pairs_by_the_style_of_their_map():
+    def result(values):
+        rows = [
+            {"map_id": m, "tx_index": k, "rmse_db": v, "ssim_raw": v / 100} for (m, k), v in values.items()
+        ]
+        return demo.InferenceResult(per_pair_metrics=rows)
+
+    results = {"test": {"a": result({(0, 0): 10.0, (0, 1): 20.0, (1, 0): 30.0})}}
+    table = demo.per_style_table(results, {"test": {0: "grid", 1: "oldtown"}})
+    grid_line = next(line for line in table.splitlines() if line.startswith("test / grid"))
+    assert grid_line.split()[3] == "2" and "15.00 / 0.150" in grid_line
+    assert "30.00 / 0.300" in next(line for line in table.splitlines() if "oldtown" in line)
 
 
 def test_irt4_infer_runs_a_baseline_bundle(tmp_path, committed_dataset, capsys):

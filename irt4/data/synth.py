@@ -356,6 +356,17 @@ def _worker_init() -> None:
     pin_libllvm()  # before the worker's first drjit import
 
 
+def map_styles(root: Path) -> dict[int, str]:
+    """{map id: style} from a root's footprints/{m}.json (roots of the boxes style have none: {})."""
+    styles = {}
+    for path in sorted((Path(root) / "footprints").glob("*.json")):
+        try:
+            styles[int(path.stem)] = json.loads(path.read_text()).get("style", "unknown")
+        except (ValueError, json.JSONDecodeError) as err:
+            raise InputError(f"{path}: not a footprints file ({err})") from None
+    return styles
+
+
 def read_metadata(root: Path) -> dict:
     """ROOT/irt4-synth.json, with the settings a root of an earlier format version was made with."""
     path = root / METADATA
