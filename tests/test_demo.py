@@ -66,3 +66,13 @@ def test_irt4_infer_runs_a_baseline_bundle(tmp_path, committed_dataset, capsys):
 def test_checkpoint_kind_names_a_missing_file(tmp_path):
     with pytest.raises(Exception, match="does not exist"):
         checkpoint_kind(tmp_path / "nothing.safetensors")
+
+
+def test_demo_step_curve_samples_each_count(tmp_path, capsys):
+    argv = ["--maps", "2", "--no-ood", "--no-baseline", "--steps", "1", "--step-curve", "1,2"]
+    assert demo.main([*argv, "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "   1 steps: " in printed and "   2 steps: " in printed
+    assert len(list((tmp_path / "steps-2").glob("*_*.png"))) == 2
+    with pytest.raises(SystemExit):
+        demo.main(["--step-curve", "3,0"])
