@@ -191,3 +191,17 @@ def test_channel_bench_writes_its_table_and_compares_with_the_reference(committe
     assert data["pairs"] == 2 and data["all_channels_ms"]["median"] > 0
     assert 0.9 < data["rows"][0]["los_agreement"] <= 1.0 and "reference_ms" not in data["rows"][1]
     assert "| all 7 channels |" in result.with_suffix(".md").read_text()
+
+
+def test_floors_bench_scores_resize_and_vae_per_style(committed_dataset, tmp_path):
+    from bench import floors
+
+    argv = ["--root", str(committed_dataset), "--pairs", "3", "--out", str(tmp_path)]
+    assert floors.main(argv) == 0
+    (result,) = tmp_path.glob("*-floors.json")
+    rows = json.loads(result.read_text())["roots"][str(committed_dataset)]
+    assert len(rows) == 3 and {r["style"] for r in rows} <= {"perimeter", "grid", "detached", "oldtown"}
+    for row in rows:
+        assert 0 < row["resize_rmse_db"] < 20 and 0 < row["vae_ssim"] <= 1
+    table = result.with_suffix(".md").read_text()
+    assert f"| {committed_dataset} / all | 3 |" in table
