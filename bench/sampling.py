@@ -61,7 +61,7 @@ def inputs(cfg: Config, batch: int, device: torch.device, seed: int) -> tuple[to
     """Random radio maps and condition images in [-1, 1] (image, cond)."""
     g = torch.Generator().manual_seed(seed)
     image = torch.rand(batch, cfg.vae.in_channels, cfg.image_size, cfg.image_size, generator=g) * 2 - 1
-    cond = torch.rand(batch, cfg.swin.in_channels, cfg.image_size, cfg.image_size, generator=g) * 2 - 1
+    cond = torch.rand(batch, len(cfg.data.condition), cfg.image_size, cfg.image_size, generator=g) * 2 - 1
     return image.to(device), cond.to(device)
 
 

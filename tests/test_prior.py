@@ -100,3 +100,23 @@ def test_prior_errors_name_the_problem(regressor_run, committed_dataset, tmp_pat
     prior_set = ["--set", "diffusion.prior=regressor", "--set", CONDITION]
     assert main([*argv, "--out", str(tmp_path / "b"), *prior_set]) == 2
     assert "needs --prior REGRESSOR" in capsys.readouterr().err
+
+
+def test_the_exported_condition_encoder_runs_the_prior(tmp_path):
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (the irt4[ort] extra)")
+    from irt4.export.onnx import GRAPH_MODULES, export_example_inputs, export_onnx, graph_specs
+    from irt4.models.layers import fold_weight_standardization
+
+    model = prior_model()
+    fold_weight_standardization(model)
+    paths = export_onnx(model, tmp_path, example_batch=2)
+    spec = graph_specs(model.cfg)["cond_encoder"]
+    (cond,) = export_example_inputs(spec, 3, seed=7)
+    assert cond.shape[1] == len(model.cfg.data.condition)  # the condition image; the prior is inside
+    with torch.no_grad():
+        expected = GRAPH_MODULES["cond_encoder"](model)(cond)
+    session = ort.InferenceSession(str(paths["cond_encoder"]), providers=["CPUExecutionProvider"])
+    got = session.run([t.name for t in spec.outputs], {spec.inputs[0].name: cond.numpy()})
+    for reference, actual in zip(expected, got):
+        actual = torch.from_numpy(actual)
+        assert float((actual - reference).norm() / reference.norm()) < 1e-4

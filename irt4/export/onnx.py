@@ -82,7 +82,7 @@ class GraphSpec:
 def graph_specs(cfg: Config, cond_channels: int | None = None) -> dict[str, GraphSpec]:
     """The three serving graphs of a model built from `cfg`, by name. `cond_channels`: the condition
     image's channels (default: the Swin backbone's input, 3; the UNet's cond adapter's count also works)."""
-    cond_channels = cond_channels or cfg.swin.in_channels
+    cond_channels = cond_channels or len(cfg.data.condition)  # the prior (if any) is inside the graph
     latent = (cfg.unet.channels, cfg.latent_size, cfg.latent_size)
     # the UNet's width at the input of each level: cond_projections[i] maps Swin stage i to it
     dims = [cfg.unet.dim, *(cfg.unet.dim * m for m in cfg.unet.dim_mults[:-1])]

@@ -47,7 +47,7 @@ def flop_counts(model: RadioDiff, batch: int = 1) -> dict[str, int]:
     cfg = model.cfg
     device = next(model.parameters()).device
     image = torch.zeros(batch, cfg.vae.in_channels, cfg.image_size, cfg.image_size, device=device)
-    cond = torch.zeros(batch, cfg.swin.in_channels, cfg.image_size, cfg.image_size, device=device)
+    cond = torch.zeros(batch, len(cfg.data.condition), cfg.image_size, cfg.image_size, device=device)
     latent = torch.zeros(batch, *model.latent_shape, device=device)
     t = torch.full((batch,), 0.5, device=device)
     features = model.unet.encode_condition(cond)

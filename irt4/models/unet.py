@@ -149,7 +149,7 @@ class ConditionalUNet(nn.Module):
         time_dim = cfg.dim * 4
 
         self.cond_adapter = (
-            nn.Conv2d(cfg.cond_adapter_channels, swin.in_channels, 1) if cfg.cond_adapter_channels else None
+            nn.Conv2d(cfg.cond_adapter_channels, self.base_channels, 1) if cfg.cond_adapter_channels else None
         )
         self.cond_backbone = SwinBackbone(**dataclasses.asdict(swin))
         stage_channels = self.cond_backbone.stage_channels
