@@ -12,7 +12,12 @@
 # T_POWER [3] (the LDM's diffusion.t_power: more training steps near t = 1, where the map must come from the
 # condition alone; 1 is the reference's uniform t; irt4/assets/README.md, phase 4), TX_FIELD [log_distance]
 # (both models' data.tx_field: the transmitter's log-distance field in the condition's third channel,
-# where the reference repeats the buildings; `none` is the reference; irt4/assets/README.md, phase 5).
+# where the reference repeats the buildings; `none` is the reference; irt4/assets/README.md, phase 5),
+# CONDITION [] (both models' data.condition, a comma-separated list of irt4.data.channels names, e.g.
+# "buildings, transmitter, log_distance, line_of_sight, free_space, walls, building_metres"; replaces
+# TX_FIELD when set), PRIOR [0] (1: the diffusion model builds on the baseline regressor, `irt4-train ldm
+# --prior`: the VAE trains side by side with the baseline, and the LDM starts once the baseline is done,
+# for LDM_SECONDS; each model still gets its own budget, the diffusion model reads the regressor's).
 # The baseline trains for VAE_SECONDS + LDM_SECONDS, side by side with the two diffusion stages. At the
 # end the EMA weights are written as fp16 bundles: RUN_DIR/default-small.safetensors and
 # RUN_DIR/baseline-small.safetensors.
@@ -33,6 +38,8 @@ LDM_SECONDS=${LDM_SECONDS:-150}
 WORKERS=${WORKERS:-2}
 T_POWER=${T_POWER:-3}
 TX_FIELD=${TX_FIELD:-log_distance}
+CONDITION=${CONDITION:-}
+PRIOR=${PRIOR:-0}
 EXTRA_SECONDS=${EXTRA_SECONDS:-0}
 RESUME=${RESUME:-0}
 INIT_FROM=${INIT_FROM:-}
@@ -49,8 +56,13 @@ else
 fi
 STEPS=1000000 # the time budget ends each run; the step count only has to be out of reach
 mkdir -p "$RUN"
+if [ -n "$CONDITION" ]; then INPUTS=(--set "data.condition=[$CONDITION]"); else INPUTS=(--set data.tx_field="$TX_FIELD"); fi
 COMMON=(--config small --data "$DATA" --device "$DEVICE" --workers "$WORKERS" --no-tensorboard
-    --set data.augment=dihedral --set data.tx_field="$TX_FIELD" --steps "$STEPS")
+    --set data.augment=dihedral "${INPUTS[@]}" --steps "$STEPS")
+if [ "$PRIOR" = 1 ]; then
+    [ -n "$INIT_FROM" ] && { echo "PRIOR=1 starts a fresh diffusion model: not with INIT_FROM" >&2; exit 2; }
+    LDM_START+=(--prior "$RUN/baseline/last.pt")
+fi
 
 ldm() { # ldm OUT_NAME [extra options]: the diffusion UNet on the VAE's cached latents
     local name=$1
@@ -72,6 +84,10 @@ diffusion() {
         "$PY" -m irt4.cli.train vae "${COMMON[@]}" --out "$RUN/vae" --time-budget "$VAE_SECONDS" \
             --set vae_trainer.batch_size=16 --set vae_trainer.save_every=500 || return 1
     fi
+    if [ "$PRIOR" = 1 ]; then # the LDM reads the finished regressor
+        while [ ! -e "$RUN/baseline.done" ]; do sleep 5; done
+        [ -e "$RUN/baseline/last.pt" ] || { echo "PRIOR=1: the baseline run left no checkpoint" >&2; return 1; }
+    fi
     # with extra options (say --compile) a failure falls back to the plain eager run
     if [ -n "${LDM_ARGS:-}" ] && ldm ldm ${LDM_ARGS}; then
         echo ldm >"$RUN/ldm-run"
@@ -89,9 +105,15 @@ baseline() {
         ${BASELINE_ARGS:-}
 }
 
+rm -f "$RUN/baseline.done"
 diffusion >"$RUN/diffusion.log" 2>&1 &
 diffusion_pid=$!
-baseline >"$RUN/baseline.log" 2>&1 &
+{
+    baseline
+    status=$?
+    touch "$RUN/baseline.done" # PRIOR=1: the LDM may start
+    exit $status
+} >"$RUN/baseline.log" 2>&1 &
 baseline_pid=$!
 wait "$diffusion_pid"
 diffusion_rc=$?
