@@ -27,3 +27,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def run_sim_script(script: str, timeout: int) -> dict:
+    """Run a sim test file as a script in its own process (Dr.Jit's state is global and a bad libLLVM
+    aborts the process it runs in) and return the JSON it prints last; skip where Sionna cannot run."""
+    import json
+    import subprocess
+    import sys
+
+    from irt4.data.raytrace import missing_backend_reason
+
+    reason = missing_backend_reason()
+    if reason:
+        pytest.skip(reason)
+    run = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=timeout)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from irt4.data import candidate_culling
+from tests.conftest import run_sim_script
 
 FAKE_MODULE = (
     "import drjit as dr\n\n"
@@ -103,14 +104,7 @@ def trace_both() -> dict:
 
 @pytest.fixture(scope="module")
 def traced() -> dict:
-    from irt4.data.raytrace import missing_backend_reason
-
-    reason = missing_backend_reason()
-    if reason:
-        pytest.skip(reason)
-    run = subprocess.run([sys.executable, __file__], capture_output=True, text=True, timeout=900)
-    assert run.returncode == 0, run.stderr[-3000:]
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    return run_sim_script(__file__, timeout=900)
 
 
 def gains(traced: dict, key: str) -> np.ndarray:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from irt4.data import diffraction_fix
+from tests.conftest import run_sim_script
 
 TX = np.array([25.0, 42.0, 1.5])
 CENTRE = np.array([60.0, 60.0])
@@ -26,12 +27,6 @@ WAVELENGTH = 299_792_458.0 / 5.9e9  # TraceSettings' default frequency
 ROTATION_DEG = 70.0
 SHADOW_DISTANCES = (3.0, 6.0)  # m behind the corner
 SHADOW_FRACTIONS = (1 / 3, 2 / 3)  # of the angle between the shadow boundary and the hidden wall
-
-
-def sim_missing() -> str | None:
-    from irt4.data.raytrace import missing_backend_reason
-
-    return missing_backend_reason()
 
 
 def prism_mesh(footprint: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -160,12 +155,7 @@ def trace_all() -> dict:
 
 @pytest.fixture(scope="module")
 def traced() -> dict:
-    reason = sim_missing()
-    if reason:
-        pytest.skip(reason)
-    run = subprocess.run([sys.executable, __file__], capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    return run_sim_script(__file__, timeout=600)
 
 
 def gains(traced: dict, label: str, name: str) -> np.ndarray:

@@ -306,7 +306,7 @@ def test_tx_field_puts_the_log_distance_field_third_and_leaves_buildings_and_tra
 
 
 def test_condition_is_checked(root, tmp_path):
-    with pytest.raises(InputError, match="unknown or no channels.*gaussian"):
+    with pytest.raises(InputError, match="unknown channel.*gaussian"):
         RadioMapSeer(root, split="all", condition=("buildings", "gaussian"))
     write_root(tmp_path / "cars", map_ids=(1,), simulation="carsIRT4")
     with pytest.raises(InputError, match="puts the cars map third"):

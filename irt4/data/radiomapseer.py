@@ -29,7 +29,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from irt4.config import CONDITION_CHANNELS, REFERENCE_CONDITION
+from irt4.config import REFERENCE_CONDITION
+from irt4.data.channels import check_condition
 from irt4.data.city import transmitter_image
 from irt4.data.condition import condition_image, resize_maps
 from irt4.data.pngio import MAP_SIZE, png_problem, read_grey
@@ -106,12 +107,7 @@ class RadioMapSeer(Dataset):
             raise InputError(f"target_divisor must be positive, got {target_divisor}")
         if building_value not in (0, 255):
             raise InputError(f"building_value must be 255 or 0, got {building_value}")
-        condition = tuple(condition)
-        unknown = [name for name in condition if name not in CONDITION_CHANNELS]
-        if unknown or not condition:
-            raise InputError(
-                f"condition: unknown or no channels {unknown}; known: {list(CONDITION_CHANNELS)}"
-            )
+        condition = check_condition(condition)  # InputError naming an unknown or empty list
         if condition != REFERENCE_CONDITION and simulation.startswith("cars"):
             raise InputError(
                 f"condition {list(condition)}: {simulation} puts the cars map third, so it needs "
