@@ -1,8 +1,8 @@
 """The error a latent diffusion model cannot go below on a root, before any sampling: its targets
 resized to the model's resolution and back, and encoded and decoded by its VAE (posterior mean).
 
-Both are scored as the models are (irt4-infer's protocol): 8-bit maps at 256 x 256 against the
-ray-traced PNGs, RMSE over all pixels in dB through the data's gain range, and raw SSIM; per city style
+Both are scored as the models are (irt4-infer's protocol): 8-bit maps at 256 x 256 with their building
+pixels set to 0, against the ray-traced PNGs, RMSE over all pixels in dB through the data's gain range, and raw SSIM; per city style
 where the root has footprints files.
 
   python -m bench.floors                                         # the shipped model, city-val and city-ood
@@ -26,9 +26,11 @@ from bench.report import write_dated
 DEFAULT_ROOTS = (Path("datasets/city-val"), Path("datasets/city-ood"))
 
 
-def floors_of_pair(model, item: dict, gain_db_span: float) -> dict[str, float]:
-    """RMSE (dB) and raw SSIM of the resize and of the VAE round trip, for one dataset item."""
+def floors_of_pair(model, item: dict, buildings: torch.Tensor, gain_db_span: float) -> dict[str, float]:
+    """RMSE (dB) and raw SSIM of the resize and of the VAE round trip, for one dataset item
+    (`buildings`: its (256, 256) building mask, whose pixels irt4-infer writes as 0)."""
     from irt4.data.condition import resize_maps
+    from irt4.infer import zero_building_pixels
     from irt4.metrics import ssim
 
     truth = item["gain"][None]  # (1, 1, 256, 256) in [0, 1]
@@ -38,6 +40,7 @@ def floors_of_pair(model, item: dict, gain_db_span: float) -> dict[str, float]:
     row = {}
     for name, small in (("resize", image), ("vae", decoded)):
         back = resize_maps(((small[0] + 1) / 2).clamp(0.0, 1.0), truth.shape[-1]).clamp(0.0, 1.0)
+        back = zero_building_pixels(back, buildings[None])
         back = torch.round(back * 255) / 255  # written as 8-bit PNGs, as irt4-infer scores
         row[f"{name}_rmse_db"] = float(((back - truth[0]) ** 2).mean().sqrt()) * gain_db_span
         row[f"{name}_ssim"] = float(ssim(back[None], truth))
@@ -45,6 +48,7 @@ def floors_of_pair(model, item: dict, gain_db_span: float) -> dict[str, float]:
 
 
 def measure_root(model, root: Path, pairs: int) -> list[dict]:
+    from irt4.data.pngio import read_grey
     from irt4.data.radiomapseer import RadioMapSeer, model_inputs
     from irt4.data.synth import map_styles
 
@@ -56,7 +60,8 @@ def measure_root(model, root: Path, pairs: int) -> list[dict]:
         item = dataset[index]
         row = {"map_id": int(item["map_id"]), "tx_index": int(item["tx_index"])}
         row["style"] = styles.get(row["map_id"], "unknown")
-        rows.append({**row, **floors_of_pair(model, item, high - low)})
+        buildings = torch.from_numpy(read_grey(dataset.buildings_dir / f"{row['map_id']}.png") > 0).float()
+        rows.append({**row, **floors_of_pair(model, item, buildings, high - low)})
     return rows
 
 

@@ -117,7 +117,7 @@ CONDITION_CHANNELS = (
     "buildings",
     "transmitter",
     "log_distance",
-    "line_of_sight",
+    "los",
     "free_space",
     "walls",
     "building_metres",

@@ -179,6 +179,7 @@ class InferenceOptions:
     save_db: bool = False
     overwrite: bool = False
     mask_buildings: bool = False
+    zero_buildings: bool = True  # building pixels hold no signal in the layout: write them as 0
     progress: bool = True
 
 
@@ -309,6 +310,13 @@ def _on_disk_grid(maps: torch.Tensor) -> torch.Tensor:
     return maps[:, 0].float().clamp(0, 1).cpu()
 
 
+def zero_building_pixels(maps: torch.Tensor, buildings: torch.Tensor) -> torch.Tensor:
+    """(B, 256, 256) maps with their building pixels set to 0, the value every gain map of the
+    layout holds there (radiomapseer.md). A model at a lower resolution blurs the building edges when
+    its output is resized to 256 x 256; the building map at full resolution restores them exactly."""
+    return maps * (1 - buildings.to(maps.dtype))
+
+
 def write_png(path: Path, values: np.ndarray) -> None:
     tmp = path.with_name(path.name + ".tmp.png")
     Image.fromarray(values, mode="L").save(tmp)
@@ -355,6 +363,8 @@ def run_inference(model, source, options: InferenceOptions) -> InferenceResult:
             None if sampler.latent_shape is None else pair_noise(sampler, pairs, options.steps, options.seed)
         )
         maps = sampler(torch.stack([x.cond for x in inputs]), noise)
+        if options.zero_buildings:
+            maps = zero_building_pixels(maps, torch.stack([x.buildings for x in inputs]))
         result.seconds += time.perf_counter() - start
         for index, pair, item, radio in zip(batch, pairs, inputs, maps):
             grey = np.round(radio.numpy() * 255).astype(np.uint8)

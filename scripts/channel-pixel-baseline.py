@@ -1,5 +1,5 @@
 """How much of the radio maps the physics condition channels explain on their own, with no spatial
-context: a small per-pixel MLP from (free_space, line_of_sight, walls, building_metres, log_distance)
+context: a small per-pixel MLP from (free_space, los, walls, building_metres, log_distance)
 to the grey gain, fitted on the outdoor pixels of a training root and scored on other roots like
 irt4-infer scores models (8-bit maps at 256 x 256, RMSE over all pixels in dB), per city style, next
 to free space masked by line of sight (no offset).
@@ -24,7 +24,7 @@ from irt4.data.channels import channel_maps
 from irt4.data.pngio import read_grey
 from irt4.data.synth import map_styles
 
-NAMES = ("free_space", "line_of_sight", "walls", "building_metres", "log_distance")
+NAMES = ("free_space", "los", "walls", "building_metres", "log_distance")
 
 
 def load_pairs(root: Path) -> list[tuple[int, np.ndarray, torch.Tensor, torch.Tensor]]:

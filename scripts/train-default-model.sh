@@ -14,7 +14,7 @@
 # (both models' data.tx_field: the transmitter's log-distance field in the condition's third channel,
 # where the reference repeats the buildings; `none` is the reference; irt4/assets/README.md, phase 5),
 # CONDITION [] (both models' data.condition, a comma-separated list of irt4.data.channels names, e.g.
-# "buildings, transmitter, log_distance, line_of_sight, free_space, walls, building_metres"; replaces
+# "buildings, transmitter, log_distance, los, free_space, walls, building_metres"; replaces
 # TX_FIELD when set), PRIOR [0] (1: the diffusion model builds on the baseline regressor, `irt4-train ldm
 # --prior`: the VAE trains side by side with the baseline, and the LDM starts once the baseline is done,
 # for LDM_SECONDS; each model still gets its own budget, the diffusion model reads the regressor's).

@@ -41,7 +41,7 @@ def friis_grey(distance_m: float, low: float = -147.0, high: float = -47.0) -> f
 def test_a_building_between_the_transmitter_and_a_pixel():
     maps = maps_of(wall_map())
     behind = (105, 200)  # straight east of TX, through the whole building
-    assert maps["line_of_sight"][behind] == 0.0
+    assert maps["los"][behind] == 0.0
     assert maps["walls"][behind] == pytest.approx(2 / channels.WALLS_SCALE)  # in and out
     assert maps["building_metres"][behind] == pytest.approx(
         21 / channels.METRES_SCALE, abs=1 / channels.METRES_SCALE
@@ -53,7 +53,7 @@ def test_a_building_between_the_transmitter_and_a_pixel():
 def test_a_pixel_in_line_of_sight():
     maps = maps_of(wall_map())
     for pixel in [(50, 60), (200, 200), (105, 100)]:
-        assert maps["line_of_sight"][pixel] == 1.0, pixel
+        assert maps["los"][pixel] == 1.0, pixel
         assert maps["walls"][pixel] == 0.0 and maps["building_metres"][pixel] == 0.0, pixel
     distance = math.hypot(200 - TX[0], 200 - TX[1])
     assert maps["free_space"][200, 200] == pytest.approx(friis_grey(distance), abs=1e-5)
@@ -61,8 +61,8 @@ def test_a_pixel_in_line_of_sight():
 
 def test_a_pixel_facing_a_wall_does_not_count_it():
     maps = maps_of(wall_map())
-    assert maps["line_of_sight"][105, 119] == 1.0  # the last outdoor pixel before the building
-    assert maps["line_of_sight"][105, 141] == 0.0  # the first one after it
+    assert maps["los"][105, 119] == 1.0  # the last outdoor pixel before the building
+    assert maps["los"][105, 141] == 0.0  # the first one after it
 
 
 def test_buildings_transmitter_and_masks():
@@ -71,7 +71,7 @@ def test_buildings_transmitter_and_masks():
     np.testing.assert_array_equal(maps["buildings"], buildings)
     assert maps["transmitter"].sum() == 1.0 and maps["transmitter"][TX] == 1.0
     inside = buildings > 0
-    for name in ("line_of_sight", "free_space", "walls", "building_metres"):
+    for name in ("los", "free_space", "walls", "building_metres"):
         assert (maps[name][inside] == 0).all(), name
     assert maps["log_distance"][TX] == 1.0 and maps["log_distance"].min() >= 0.0
     for name, image in maps.items():
@@ -163,5 +163,5 @@ def test_display_channels_pick_buildings_and_transmitter_by_name():
     shown = display_channels(cond, ("walls", "transmitter", "free_space", "buildings"))
     assert shown.shape == (2, 2, 8, 8)
     assert (shown[:, 0] == 3).all() and (shown[:, 1] == 1).all()
-    missing = display_channels(cond, ("walls", "free_space", "line_of_sight", "log_distance"))
+    missing = display_channels(cond, ("walls", "free_space", "los", "log_distance"))
     assert (missing == 0).all()  # cond's minimum: nothing drawn

@@ -81,6 +81,20 @@ def test_cli_writes_maps_preview_and_metrics(root, checkpoint, tmp_path, capsys)
     assert "rmse_raw" in capsys.readouterr().out
 
 
+def test_building_pixels_are_written_as_zero_unless_kept(root, checkpoint, tmp_path):
+    args = ("--checkpoint", checkpoint, "--data", root, "--split", "test", "--steps", 1, "--limit", 2)
+    assert _run(*args, "--out", tmp_path / "zeroed") == 0
+    assert _run(*args, "--out", tmp_path / "kept", "--keep-building-pixels") == 0
+    for png in sorted((tmp_path / "zeroed").glob("*_*.png")):
+        map_id = int(png.stem.split("_")[0])
+        buildings = np.asarray(Image.open(root / "png" / "buildings_complete" / f"{map_id}.png")) > 0
+        zeroed = np.asarray(Image.open(png))
+        kept = np.asarray(Image.open(tmp_path / "kept" / png.name))
+        assert buildings.any() and (kept[buildings] > 0).any()  # the model itself writes signal there
+        assert (zeroed[buildings] == 0).all()
+        assert np.array_equal(zeroed[~buildings], kept[~buildings])
+
+
 def test_same_seed_gives_identical_maps_and_another_seed_differs(root, checkpoint, tmp_path):
     outputs = {}
     for name, seed in (("a", 3), ("b", 3), ("c", 4)):

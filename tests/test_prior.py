@@ -12,7 +12,7 @@ from irt4.train.checkpoint import read_checkpoint
 from tests.test_train_augment import common
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-CONDITION = "data.condition=[buildings, transmitter, line_of_sight, free_space, walls]"
+CONDITION = "data.condition=[buildings, transmitter, los, free_space, walls]"
 
 
 def prior_model(seed: int = 0) -> RadioDiff:
@@ -87,7 +87,7 @@ def test_train_ldm_with_a_prior_keeps_the_regressor_frozen(regressor_run, commit
     for name, value in regressor.state_dict().items():
         assert torch.equal(state[f"unet.prior.{name}"], value), name
     model, _ = load_model(tmp_path / "ldm/last.pt")
-    assert model.cfg.diffusion.prior == "regressor" and model.cfg.data.condition[2] == "line_of_sight"
+    assert model.cfg.diffusion.prior == "regressor" and model.cfg.data.condition[2] == "los"
 
 
 def test_prior_errors_name_the_problem(regressor_run, committed_dataset, tmp_path, capsys):

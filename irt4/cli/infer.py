@@ -114,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--mask-buildings", action="store_true", help="also report metrics over outdoor pixels only"
     )
+    parser.add_argument(
+        "--keep-building-pixels",
+        action="store_true",
+        help="write the model's output on building pixels as it is (default: 0 there, as in every gain map "
+        "of the layout)",
+    )
     parser.add_argument("--limit", type=int, help="only the first N pairs (after sharding order)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -199,6 +205,7 @@ def run(args) -> int:
         save_db=args.save_db,
         overwrite=args.overwrite,
         mask_buildings=args.mask_buildings,
+        zero_buildings=not args.keep_building_pixels,
         progress=not args.quiet,
     )
     print(

@@ -7,7 +7,7 @@ of the building map (the loader then resizes and maps [0, 1] to [-1, 1] as for t
 - `buildings`: 1 on buildings.
 - `transmitter`: 1 at the transmitter's pixel.
 - `log_distance`: 1 at the transmitter, falling linearly in log(1 + distance) to 0 at the diagonal.
-- `line_of_sight`: 1 on outdoor pixels whose straight line to the transmitter crosses no building
+- `los` (line of sight): 1 on outdoor pixels whose straight line to the transmitter crosses no building
   (transmitter and receivers stand at 1.5 m, below every roof).
 - `free_space`: Friis' free-space gain in dB mapped like the targets, (dB - LO) / (HI - LO) over
   data.gain_db_range, clipped; 0 on buildings.
@@ -42,7 +42,7 @@ STEP_PX = 0.5  # sampling step along a ray
 WALLS_SCALE = 10.0  # walls crossed that map to 1
 METRES_SCALE = 100.0  # metres of building crossed that map to 1
 CHANNELS = CONDITION_CHANNELS
-_LINE_CHANNELS = {"line_of_sight", "walls", "building_metres"}
+_LINE_CHANNELS = {"los", "walls", "building_metres"}
 
 
 def check_condition(names) -> tuple[str, ...]:
@@ -200,7 +200,7 @@ def channel_maps(
             maps.append(dot)
         elif name == "log_distance":
             maps.append(log_distance(shape, tx))
-        elif name == "line_of_sight":
+        elif name == "los":
             maps.append((metres == 0).float() * outdoor)
         elif name == "free_space":
             low, high = gain_db_range
