@@ -1,9 +1,9 @@
 """The error a latent diffusion model cannot go below on a root, before any sampling: its targets
 resized to the model's resolution and back, and encoded and decoded by its VAE (posterior mean).
 
-Both are scored as the models are (irt4-infer's protocol): 8-bit maps at 256 x 256 with their building
-pixels set to 0, against the ray-traced PNGs, RMSE over all pixels in dB through the data's gain range, and raw SSIM; per city style
-where the root has footprints files.
+Both are scored as the models are (irt4-infer's protocol): 8-bit maps at 256 x 256 with their
+building pixels set to 0, against the ray-traced PNGs, RMSE over all pixels in dB through the data's
+gain range, and raw SSIM; per city style where the root has footprints files.
 
   python -m bench.floors                                         # the shipped model, city-val and city-ood
   python -m bench.floors --model RUN/last.pt --root datasets/city-ood --pairs 24
