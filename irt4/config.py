@@ -131,6 +131,9 @@ class DataConfig:
     simulation: str = "IRT4"
     split: str = "auto"  # radiounet on RadioMapSeer (maps 1..700), a seeded split by map otherwise
     num_workers: int = 2
+    # the training split's items (before augmentation) are read once and held in memory when they fit
+    # in this many GB (irt4.train.data.in_memory); 0 reads every item from disk each time
+    memory_cache_gb: float = 2.0
     target_divisor: float = 255.0  # the reference IRT4 loader used 256
     gain_db_range: tuple[float, float] = (-147.0, -47.0)
     # training-set augmentation: "none", or "dihedral" = every sample in its 8 flips/90-degree

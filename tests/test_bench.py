@@ -205,3 +205,38 @@ def test_floors_bench_scores_resize_and_vae_per_style(committed_dataset, tmp_pat
         assert 0 < row["resize_rmse_db"] < 20 and 0 < row["vae_ssim"] <= 1
     table = result.with_suffix(".md").read_text()
     assert f"| {committed_dataset} / all | 3 |" in table
+
+
+def test_ablation_bench_scores_each_model_and_free_space_on_the_same_pairs(committed_dataset, tmp_path):
+    from bench import ablation
+
+    assets = Path(__file__).resolve().parents[1] / "irt4" / "assets"
+    argv = ["--model", f"diffusion={assets / 'default-small.safetensors'}"]
+    argv += [
+        "--model",
+        f"regressor={assets / 'baseline-small.safetensors'}",
+        "--root",
+        str(committed_dataset),
+    ]
+    argv += ["--pairs", "2", "--steps", "1", "--work", str(tmp_path / "maps"), "--out", str(tmp_path)]
+    assert ablation.main(argv) == 0
+    (result,) = tmp_path.glob("*-ablation.json")
+    data = json.loads(result.read_text())
+    rows = data["roots"][str(committed_dataset)]
+    assert set(rows) == {"diffusion, 1 steps", "regressor", ablation.FREE_SPACE}
+    pairs = [{(r["map_id"], r["tx_index"]) for r in model_rows} for model_rows in rows.values()]
+    assert all(p == pairs[0] for p in pairs) and len(pairs[0]) == 2
+    assert (
+        data["models"]["diffusion"]["kind"] == "diffusion"
+        and data["models"]["regressor"]["kind"] == "regressor"
+    )
+    table = result.with_suffix(".md").read_text()
+    assert "| regressor |" in table and " / 2 |" in table
+
+
+def test_ablation_bench_refuses_a_missing_model(tmp_path, capsys):
+    from bench import ablation
+
+    with pytest.raises(SystemExit):
+        ablation.main(["--model", f"x={tmp_path / 'none.safetensors'}", "--out", str(tmp_path)])
+    assert "no such file" in capsys.readouterr().err

@@ -192,3 +192,29 @@ def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
     assert torch.equal(expected[0], again[0]) and np.array_equal(expected[1], again[1])
     assert expected[2] == again[2] and torch.equal(expected[3], again[3])
     assert math.isfinite(expected[2])
+
+
+def test_in_memory_training_set_gives_the_items_read_from_disk(committed_dataset):
+    from irt4.data.radiomapseer import RadioMapSeer
+    from irt4.train.data import InMemory, in_memory
+
+    names = ("buildings", "transmitter", "log_distance", "los", "free_space", "walls")
+    disk = RadioMapSeer(committed_dataset, split="train", image_size=64, condition=names)
+    held = in_memory(disk, cap_gb=1.0)
+    assert isinstance(held, InMemory) and len(held) == len(disk)
+    for index in (0, len(disk) - 1):
+        expected, got = disk[index], held[index]
+        assert expected.keys() == got.keys()
+        for key, value in expected.items():
+            assert torch.equal(value, got[key]) if isinstance(value, torch.Tensor) else value == got[key]
+
+
+def test_in_memory_is_skipped_when_off_or_over_its_cap(committed_dataset, caplog):
+    from irt4.data.radiomapseer import RadioMapSeer
+    from irt4.train.data import in_memory
+
+    disk = RadioMapSeer(committed_dataset, split="train", image_size=64)
+    assert in_memory(disk, cap_gb=0) is disk
+    with caplog.at_level(logging.INFO):
+        assert in_memory(disk, cap_gb=1e-6, log=logging.getLogger("t")) is disk
+    assert "not held in memory" in caplog.text

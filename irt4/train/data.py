@@ -9,6 +9,7 @@ is the number of stream items consumed (`consumed`), saved in checkpoints; epoch
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import torch
@@ -88,3 +89,46 @@ class Indexed(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         return {**self.dataset[index], "index": index}
+
+
+def _item_bytes(item: dict) -> int:
+    return sum(v.numel() * v.element_size() for v in item.values() if isinstance(v, torch.Tensor))
+
+
+class InMemory(Dataset):
+    """Every item of `dataset`, read once, up front, in this process. A RadioMapSeer item costs
+    PNG decoding and ~10 ms of condition channels on a CPU core, more than a GPU spends training on it;
+    held here, DataLoader workers forked afterwards read the same pages (copy on write, never written),
+    so memory is paid once, not per worker."""
+
+    def __init__(self, items: list[dict]):
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.items[index]
+
+
+def in_memory(dataset: Dataset, cap_gb: float, log=None) -> Dataset:
+    """`dataset` as an InMemory copy when its estimated size (first item x length) fits in `cap_gb`
+    GB; else, or with cap 0, `dataset` itself."""
+    if cap_gb <= 0 or len(dataset) == 0:
+        return dataset
+    first = dataset[0]
+    estimate = _item_bytes(first) * len(dataset)
+    if estimate > cap_gb * 1e9:
+        if log is not None:
+            log.info("training set not held in memory: ~%.1f GB > data.memory_cache_gb", estimate / 1e9)
+        return dataset
+    start = time.perf_counter()
+    items = [first] + [dataset[i] for i in range(1, len(dataset))]
+    if log is not None:
+        log.info(
+            "training set held in memory: %d items, %.2f GB, read in %.1f s",
+            len(items),
+            estimate / 1e9,
+            time.perf_counter() - start,
+        )
+    return InMemory(items)

@@ -30,7 +30,7 @@ from irt4.models.radiodiff import RadioDiff
 from irt4.models.vae import AutoencoderKL, vae_loss
 from irt4.train.augment import augmented
 from irt4.train.checkpoint import read_checkpoint
-from irt4.train.data import Indexed
+from irt4.train.data import Indexed, in_memory
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def datasets(cfg: Config, root: Path) -> tuple[Dataset, Dataset]:
         target_divisor=cfg.data.target_divisor,
         **model_inputs(cfg),
     )
-    train_set = RadioMapSeer(root, split="train", **common)
+    train_set = in_memory(RadioMapSeer(root, split="train", **common), cfg.data.memory_cache_gb, log)
     try:
         sample_set = RadioMapSeer(root, split="val", **common)
     except InputError as error:
