@@ -1,4 +1,5 @@
 import argparse
+import gzip
 import json
 import os
 import subprocess
@@ -409,9 +410,35 @@ def test_written_styled_map_keeps_its_footprints(tmp_path):
     city, grey, gain_db = fake_map(settings)
     synth.write_map(tmp_path, 4, city, grey, gain_db)
     assert synth.is_finished(tmp_path, 4, 2, footprints=True)
-    layout = CityLayout.from_json(json.loads((tmp_path / "footprints" / "4.json").read_text()))
+    path = tmp_path / "footprints" / "4.json.gz"
+    layout = CityLayout.from_json(synth.read_footprints(path))
     np.testing.assert_array_equal(rasterize(layout.polygons), city.buildings)
     assert layout.materials == city.layout.materials
+    assert path.read_bytes() == synth.footprints_bytes(city.layout)  # reproducible: no time stamp
+    assert synth.map_styles(tmp_path) == {4: city.layout.style}
+
+
+def test_plain_json_footprints_of_an_earlier_root_still_count_and_merge_compressed(tmp_path):
+    settings = synth.SynthSettings(grid=8)
+    city, grey, gain_db = fake_map(settings)
+    old, new = tmp_path / "old", tmp_path / "new"
+    synth.check_metadata(old, settings, seed=0)
+    synth.write_map(old, 4, city, grey, gain_db)
+    compressed = old / "footprints" / "4.json.gz"
+    plain = compressed.with_suffix("")
+    plain.write_bytes(gzip.decompress(compressed.read_bytes()))
+    compressed.unlink()
+    assert synth.is_finished(old, 4, 2, footprints=True) and synth.map_styles(old) == {4: city.layout.style}
+    assert synth.merge_roots([old], new)["copied"] == 1
+    assert (new / "footprints" / "4.json.gz").read_bytes() == synth.footprints_bytes(city.layout)
+    assert synth.merge_roots([old], new)["already_there"] == 1  # equal JSON counts as the same map
+
+
+def test_a_damaged_footprints_file_is_named(tmp_path):
+    (tmp_path / "footprints").mkdir()
+    (tmp_path / "footprints" / "3.json.gz").write_bytes(b"not gzip")
+    with pytest.raises(InputError, match="3.json.gz: not a footprints file"):
+        synth.map_styles(tmp_path)
 
 
 def fake_root(root, settings, seed, map_ids):

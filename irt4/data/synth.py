@@ -19,8 +19,10 @@ Writes under ROOT:
   gain/IRT4/{m}_{k}.png           grey path gain        antenna/{m}.json          [[col, row], ...]
   gain_db/IRT4/{m}_{k}.npy        raw path gain in dB at GRID x GRID, float16 (NaN: cell centre in a
                                   building, no receiver; -inf: no path arrived)
-  footprints/{m}.json             the map's building polygons, heights, materials and style
-                                  (irt4.data.city.CityLayout.to_json; not for the boxes style)
+  footprints/{m}.json.gz          the map's building polygons, heights, materials and style
+                                  (irt4.data.city.CityLayout.to_json, gzip: a quarter of the text's
+                                  size; roots written before hold plain {m}.json, read alike; not for
+                                  the boxes style)
   irt4-synth.json                 generator version, seed, settings, sionna/mitsuba/drjit versions
 
 Throughput: a worker keeps one ray tracer for all its maps, with mesh sizes padded and device
@@ -32,6 +34,7 @@ root (or n roots that `irt4-data merge` joins) without collisions.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import shutil
@@ -199,11 +202,40 @@ def upsample_db(grid_db: np.ndarray, rx_pixels: np.ndarray, size: int, floor_db:
     return np.stack([np.interp(pixels, rx_pixels, col) for col in along_cols.T], axis=1)  # (size, size)
 
 
+def footprints_path(root: Path, map_id: int) -> Path:
+    """footprints/{m}.json.gz, or the plain {m}.json that roots written before hold, where it exists."""
+    plain = root / "footprints" / f"{map_id}.json"
+    return plain if plain.is_file() else root / "footprints" / f"{map_id}.json.gz"
+
+
+def footprints_bytes(layout: CityLayout) -> bytes:
+    """The footprints file's bytes: the layout's JSON, gzip-compressed reproducibly (no time stamp), so
+    that the same map always gives the same file (merge compares bytes)."""
+    text = json.dumps(layout.to_json()) + "\n"
+    return gzip.compress(text.encode(), compresslevel=9, mtime=0)
+
+
+def read_footprints(path: Path) -> dict:
+    """A footprints file (.json.gz or plain .json) as the JSON of CityLayout.to_json."""
+    try:
+        data = path.read_bytes()
+        return json.loads(gzip.decompress(data) if path.suffix == ".gz" else data)
+    except (OSError, EOFError, ValueError) as err:  # JSONDecodeError and gzip.BadGzipFile are ValueErrors
+        raise InputError(f"{path}: not a footprints file ({err})") from None
+
+
+def _same_file_content(path: Path, other: Path) -> bool:
+    """Equal bytes; a plain and a compressed footprints file: equal JSON."""
+    if path.name == other.name:
+        return path.read_bytes() == other.read_bytes()
+    return read_footprints(path) == read_footprints(other)
+
+
 def outputs(root: Path, map_id: int, tx_per_map: int, footprints: bool = False) -> list[Path]:
     """The files of a finished map, the gain PNGs last (they are renamed into place last)."""
     files = [root / "png" / "buildings_complete" / f"{map_id}.png", root / "antenna" / f"{map_id}.json"]
     if footprints:
-        files.append(root / "footprints" / f"{map_id}.json")
+        files.append(footprints_path(root, map_id))
     for k in range(tx_per_map):
         files += [
             root / "png" / "antennas" / f"{map_id}_{k}.png",
@@ -238,7 +270,7 @@ def write_map(root: Path, map_id: int, city: City, gain_grey: np.ndarray, gain_d
     by_name[final[1]].write_text(json.dumps([[col, row] for row, col in city.transmitters]) + "\n")
     if city.layout is not None:
         by_name[final[2]].parent.mkdir(parents=True, exist_ok=True)
-        by_name[final[2]].write_text(json.dumps(city.layout.to_json()) + "\n")
+        by_name[final[2]].write_bytes(footprints_bytes(city.layout))
     for k, (row, col) in enumerate(city.transmitters):
         _save_png(
             scratch / "png" / "antennas" / f"{map_id}_{k}.png",
@@ -357,13 +389,14 @@ def _worker_init() -> None:
 
 
 def map_styles(root: Path) -> dict[int, str]:
-    """{map id: style} from a root's footprints/{m}.json (roots of the boxes style have none: {})."""
+    """{map id: style} from a root's footprints files (roots of the boxes style have none: {})."""
     styles = {}
-    for path in sorted((Path(root) / "footprints").glob("*.json")):
-        try:
-            styles[int(path.stem)] = json.loads(path.read_text()).get("style", "unknown")
-        except (ValueError, json.JSONDecodeError) as err:
-            raise InputError(f"{path}: not a footprints file ({err})") from None
+    folder = Path(root) / "footprints"
+    for path in sorted([*folder.glob("*.json"), *folder.glob("*.json.gz")]):
+        stem = path.name.split(".")[0]
+        if not stem.isdigit():
+            raise InputError(f"{path}: not a footprints file (expected {{map id}}.json.gz)")
+        styles[int(stem)] = read_footprints(path).get("style", "unknown")
     return styles
 
 
@@ -420,7 +453,7 @@ def merge_roots(sources: list[Path], root: Path) -> dict:
             targets = outputs(root, map_id, settings.tx_per_map, footprints)
             if is_finished(root, map_id, settings.tx_per_map, footprints):
                 for path, target in zip(files, targets):
-                    if path.read_bytes() != target.read_bytes():
+                    if not _same_file_content(path, target):
                         raise InputError(f"{path} and {target} differ: map {map_id} is not the same map")
                 same += 1
                 continue
@@ -428,7 +461,10 @@ def merge_roots(sources: list[Path], root: Path) -> dict:
             for path, target in zip(files, targets):
                 staged = scratch / target.relative_to(root)
                 staged.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(path, staged)
+                if path.name == target.name:
+                    shutil.copyfile(path, staged)
+                else:  # a plain .json footprints file of an earlier root, compressed on the way
+                    staged.write_bytes(footprints_bytes(CityLayout.from_json(read_footprints(path))))
             for target in targets:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(scratch / target.relative_to(root), target)
