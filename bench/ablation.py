@@ -123,7 +123,7 @@ def _cell(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from irt4.data.synth import map_styles
+    from irt4.data.footprints import map_styles
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

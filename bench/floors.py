@@ -48,9 +48,9 @@ def floors_of_pair(model, item: dict, buildings: torch.Tensor, gain_db_span: flo
 
 
 def measure_root(model, root: Path, pairs: int) -> list[dict]:
+    from irt4.data.footprints import map_styles
     from irt4.data.pngio import read_grey
     from irt4.data.radiomapseer import RadioMapSeer, model_inputs
-    from irt4.data.synth import map_styles
 
     dataset = RadioMapSeer(root, split="all", **model_inputs(model.cfg))
     styles = map_styles(root)

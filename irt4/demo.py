@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from irt4.baseline import free_space, load_baseline, transmitter_rowcol
+from irt4.data.footprints import map_styles
 from irt4.data.pngio import MAP_SIZE, read_grey
 from irt4.data.radiomapseer import RadioMapSeer, model_inputs
-from irt4.data.synth import map_styles
 from irt4.errors import InputError
 from irt4.infer import (
     DatasetPairs,

@@ -25,9 +25,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from irt4.config import REFERENCE_CONDITION
-from irt4.data.city import transmitter_image
 from irt4.data.condition import condition_image
-from irt4.data.pngio import MAP_SIZE, read_grey
+from irt4.data.pngio import MAP_SIZE, read_grey, transmitter_image
 from irt4.data.radiomapseer import RadioMapSeer
 from irt4.diffusion.sampler import SamplerNoise, draw_sampler_noise, sample_latents
 from irt4.errors import InputError

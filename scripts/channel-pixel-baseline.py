@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from irt4.data.channels import channel_maps
+from irt4.data.footprints import map_styles
 from irt4.data.pngio import read_grey
-from irt4.data.synth import map_styles
 
 NAMES = ("free_space", "los", "walls", "building_metres", "log_distance")
 

@@ -10,12 +10,19 @@
 #
 #   scripts/device-session.sh OUT train     # timeout_s 600: ~570 s, all of it training
 #
+# or, for the default model v2 (issue 21: from scratch on datasets/city-train, with its ablation):
+#
+#   scripts/device-session.sh OUT v2        # timeout_s 600: ~540 s (scripts/train-v2.sh)
+#
 # prepare: side by side, train the default model and its baseline (scripts/train-default-model.sh)
 #          and prepare the benchmarks (bench/gpu.sh --stage prepare: build the extension, GPU tests,
 #          the bench model and the engine); pack the training results and the logs into OUT.
 # train:   only the default model and its baseline, side by side, LDM_SECONDS [440] each (after the
 #          latent cache and the CUDA-graph capture; TRAIN_TIMEOUT [570] caps the whole); pack as prepare
 #          does. The LDM at 413 samples/s (H200, CUDA graphs) makes ~5,600 steps at batch 32.
+# v2:      scripts/train-v2.sh (VAE, three regressors, two diffusion models, the ablation on city-val
+#          and city-ood); packs its reports, the ablation and the bundles of the diffusion model with
+#          the regressor prior and of that regressor (the others' numbers are in the ablation).
 # measure: alone on the GPU, so that the timings are clean: bench/gpu.sh --stage measure; pack the
 #          bench results into OUT/bench.tgz.
 # After both: cat OUT/train.tgz.part-* | tar xz (bundles and reports), bench.tgz's *-cuda.json into
@@ -29,8 +36,8 @@
 #   - the sampling section took 187 s of its 190 s cap at batches 32, 1 and 8 with no engine rows:
 #     batch 8 is left out, for the engine rows.
 set -u
-OUT=${1:?usage: scripts/device-session.sh OUT prepare|measure|train}
-STAGE=${2:?usage: scripts/device-session.sh OUT prepare|measure|train}
+OUT=${1:?usage: scripts/device-session.sh OUT prepare|measure|train|v2}
+STAGE=${2:?usage: scripts/device-session.sh OUT prepare|measure|train|v2}
 WORK=${WORK:-/tmp/irt4-device}
 export PYTHONUNBUFFERED=1 CMAKE_BUILD_PARALLEL_LEVEL=16
 mkdir -p "$OUT" "$WORK/train" "$WORK/bench"
@@ -60,6 +67,17 @@ train() {
     timeout "${TRAIN_TIMEOUT:-570}" bash scripts/train-default-model.sh "$WORK/train" >"$WORK/train/train.log" 2>&1
     log "train exit $?"
     pack_training
+}
+
+v2() {
+    log "start: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1)"
+    rm -rf "$WORK/v2"
+    timeout "${TRAIN_TIMEOUT:-560}" bash scripts/train-v2.sh "$WORK/v2"
+    log "train-v2 exit $?"
+    (cd "$WORK" && tar czf - --exclude='*.pt' --exclude='*.onnx' --exclude='*.pt2' --exclude='eval' \
+        --exclude='ldm-plain.safetensors' --exclude='reg-reference.safetensors' \
+        --exclude='reg-log-distance.safetensors' v2 | split -b 15M - "$OUT/v2.tgz.part-") &&
+        log "v2 archive: $(ls "$OUT" | grep -c v2.tgz.part-) part(s)"
 }
 
 prepare() {
@@ -94,6 +112,7 @@ case $STAGE in
     prepare) prepare ;;
     measure) measure ;;
     train) train ;;
-    *) echo "usage: scripts/device-session.sh OUT prepare|measure|train" >&2; exit 2 ;;
+    v2) v2 ;;
+    *) echo "usage: scripts/device-session.sh OUT prepare|measure|train|v2" >&2; exit 2 ;;
 esac
 log "done"

@@ -4,13 +4,14 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from irt4.cli.data import main
-from irt4.data import synth
+from irt4.data import footprints, synth
 from irt4.data.city import CityLayout, random_city, rasterize
 from irt4.data.city.materials import BUILDING_MATERIALS
 from irt4.data.scene import (
@@ -411,11 +412,12 @@ def test_written_styled_map_keeps_its_footprints(tmp_path):
     synth.write_map(tmp_path, 4, city, grey, gain_db)
     assert synth.is_finished(tmp_path, 4, 2, footprints=True)
     path = tmp_path / "footprints" / "4.json.gz"
-    layout = CityLayout.from_json(synth.read_footprints(path))
+    layout = CityLayout.from_json(footprints.read_footprints(path))
     np.testing.assert_array_equal(rasterize(layout.polygons), city.buildings)
     assert layout.materials == city.layout.materials
-    assert path.read_bytes() == synth.footprints_bytes(city.layout)  # reproducible: no time stamp
-    assert synth.map_styles(tmp_path) == {4: city.layout.style}
+    # reproducible: no time stamp
+    assert path.read_bytes() == footprints.footprints_bytes(city.layout.to_json())
+    assert footprints.map_styles(tmp_path) == {4: city.layout.style}
 
 
 def test_plain_json_footprints_of_an_earlier_root_still_count_and_merge_compressed(tmp_path):
@@ -428,17 +430,33 @@ def test_plain_json_footprints_of_an_earlier_root_still_count_and_merge_compress
     plain = compressed.with_suffix("")
     plain.write_bytes(gzip.decompress(compressed.read_bytes()))
     compressed.unlink()
-    assert synth.is_finished(old, 4, 2, footprints=True) and synth.map_styles(old) == {4: city.layout.style}
+    assert synth.is_finished(old, 4, 2, footprints=True)
+    assert footprints.map_styles(old) == {4: city.layout.style}
     assert synth.merge_roots([old], new)["copied"] == 1
-    assert (new / "footprints" / "4.json.gz").read_bytes() == synth.footprints_bytes(city.layout)
+    expected = footprints.footprints_bytes(city.layout.to_json())
+    assert (new / "footprints" / "4.json.gz").read_bytes() == expected
     assert synth.merge_roots([old], new)["already_there"] == 1  # equal JSON counts as the same map
+
+
+def test_training_and_scoring_import_without_the_geometry_libraries():
+    """The device that trains or scores needs torch, not shapely/trimesh: those are for generating."""
+    code = (
+        "import sys\n"
+        "for name in ('shapely', 'trimesh', 'mapbox_earcut', 'rasterio', 'pyproj'):\n"
+        "    sys.modules[name] = None\n"
+        "import irt4.train.stages, irt4.infer, irt4.demo, bench.ablation, bench.floors\n"
+        "from irt4.data.footprints import map_styles\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
 
 
 def test_a_damaged_footprints_file_is_named(tmp_path):
     (tmp_path / "footprints").mkdir()
     (tmp_path / "footprints" / "3.json.gz").write_bytes(b"not gzip")
     with pytest.raises(InputError, match="3.json.gz: not a footprints file"):
-        synth.map_styles(tmp_path)
+        footprints.map_styles(tmp_path)
 
 
 def fake_root(root, settings, seed, map_ids):

@@ -54,3 +54,10 @@ def read_grey(path: Path | str) -> np.ndarray:
         raise
     except Exception as error:
         raise InputError(f"{path}: unreadable ({error})") from None
+
+
+def transmitter_image(shape: tuple[int, int], row: int, col: int) -> np.ndarray:
+    """RadioMapSeer's antenna PNG as floats: 1 at the transmitter pixel, 0 elsewhere."""
+    image = np.zeros(shape, dtype=np.float32)
+    image[row, col] = 1.0
+    return image

@@ -31,9 +31,8 @@ from torch.utils.data import Dataset
 
 from irt4.config import REFERENCE_CONDITION
 from irt4.data.channels import check_condition
-from irt4.data.city import transmitter_image
 from irt4.data.condition import condition_image, resize_maps
-from irt4.data.pngio import MAP_SIZE, png_problem, read_grey
+from irt4.data.pngio import MAP_SIZE, png_problem, read_grey, transmitter_image
 from irt4.data.splits import GENERATED_FRACTIONS, POSITIONS, is_radiomapseer, resolve_scheme, split_map_ids
 from irt4.errors import InputError
 

@@ -34,7 +34,6 @@ root (or n roots that `irt4-data merge` joins) without collisions.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import shutil
@@ -55,6 +54,7 @@ from irt4.data.city import (
     transmitter_image,
 )
 from irt4.data.city.materials import BUILDING_MATERIALS
+from irt4.data.footprints import footprints_bytes, footprints_path, read_footprints
 from irt4.data.scene import (
     boxes_mesh,
     footprint_boxes,
@@ -202,28 +202,6 @@ def upsample_db(grid_db: np.ndarray, rx_pixels: np.ndarray, size: int, floor_db:
     return np.stack([np.interp(pixels, rx_pixels, col) for col in along_cols.T], axis=1)  # (size, size)
 
 
-def footprints_path(root: Path, map_id: int) -> Path:
-    """footprints/{m}.json.gz, or the plain {m}.json that roots written before hold, where it exists."""
-    plain = root / "footprints" / f"{map_id}.json"
-    return plain if plain.is_file() else root / "footprints" / f"{map_id}.json.gz"
-
-
-def footprints_bytes(layout: CityLayout) -> bytes:
-    """The footprints file's bytes: the layout's JSON, gzip-compressed reproducibly (no time stamp), so
-    that the same map always gives the same file (merge compares bytes)."""
-    text = json.dumps(layout.to_json()) + "\n"
-    return gzip.compress(text.encode(), compresslevel=9, mtime=0)
-
-
-def read_footprints(path: Path) -> dict:
-    """A footprints file (.json.gz or plain .json) as the JSON of CityLayout.to_json."""
-    try:
-        data = path.read_bytes()
-        return json.loads(gzip.decompress(data) if path.suffix == ".gz" else data)
-    except (OSError, EOFError, ValueError) as err:  # JSONDecodeError and gzip.BadGzipFile are ValueErrors
-        raise InputError(f"{path}: not a footprints file ({err})") from None
-
-
 def _same_file_content(path: Path, other: Path) -> bool:
     """Equal bytes; a plain and a compressed footprints file: equal JSON."""
     if path.name == other.name:
@@ -270,7 +248,7 @@ def write_map(root: Path, map_id: int, city: City, gain_grey: np.ndarray, gain_d
     by_name[final[1]].write_text(json.dumps([[col, row] for row, col in city.transmitters]) + "\n")
     if city.layout is not None:
         by_name[final[2]].parent.mkdir(parents=True, exist_ok=True)
-        by_name[final[2]].write_bytes(footprints_bytes(city.layout))
+        by_name[final[2]].write_bytes(footprints_bytes(city.layout.to_json()))
     for k, (row, col) in enumerate(city.transmitters):
         _save_png(
             scratch / "png" / "antennas" / f"{map_id}_{k}.png",
@@ -388,18 +366,6 @@ def _worker_init() -> None:
     pin_libllvm()  # before the worker's first drjit import
 
 
-def map_styles(root: Path) -> dict[int, str]:
-    """{map id: style} from a root's footprints files (roots of the boxes style have none: {})."""
-    styles = {}
-    folder = Path(root) / "footprints"
-    for path in sorted([*folder.glob("*.json"), *folder.glob("*.json.gz")]):
-        stem = path.name.split(".")[0]
-        if not stem.isdigit():
-            raise InputError(f"{path}: not a footprints file (expected {{map id}}.json.gz)")
-        styles[int(stem)] = read_footprints(path).get("style", "unknown")
-    return styles
-
-
 def read_metadata(root: Path) -> dict:
     """ROOT/irt4-synth.json, with the settings a root of an earlier format version was made with."""
     path = root / METADATA
@@ -464,7 +430,7 @@ def merge_roots(sources: list[Path], root: Path) -> dict:
                 if path.name == target.name:
                     shutil.copyfile(path, staged)
                 else:  # a plain .json footprints file of an earlier root, compressed on the way
-                    staged.write_bytes(footprints_bytes(CityLayout.from_json(read_footprints(path))))
+                    staged.write_bytes(footprints_bytes(read_footprints(path)))
             for target in targets:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(scratch / target.relative_to(root), target)

@@ -14,11 +14,12 @@ parse_style_mix() reads. random_city() is the first generator (axis-aligned boxe
 as it was: committed data sets were made from it.
 """
 
-from irt4.data.city.boxes import random_city, random_transmitter, transmitter_image
+from irt4.data.city.boxes import random_city, random_transmitter
 from irt4.data.city.layout import CityLayout
 from irt4.data.city.mesh import extrude
 from irt4.data.city.mix import STYLES, TRAINING_STYLES, parse_style_mix, random_layout
 from irt4.data.city.raster import rasterize
+from irt4.data.pngio import transmitter_image
 
 __all__ = [
     "STYLES",

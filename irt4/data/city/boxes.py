@@ -37,10 +37,3 @@ def random_transmitter(buildings: np.ndarray, rng: np.random.Generator | None = 
         raise ValueError("the map has no street pixel to place a transmitter on")
     row, col = free[rng.integers(len(free))]
     return int(row), int(col)
-
-
-def transmitter_image(shape: tuple[int, int], row: int, col: int) -> np.ndarray:
-    """RadioMapSeer's antenna PNG as floats: 1 at the transmitter pixel, 0 elsewhere."""
-    image = np.zeros(shape, dtype=np.float32)
-    image[row, col] = 1.0
-    return image
