@@ -14,7 +14,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from irt4.data import candidate_culling
+from irt4.data import candidate_culling, sparse_ordering
 from tests.conftest import run_sim_script
 
 FAKE_MODULE = (
@@ -29,18 +29,32 @@ FAKE_MODULE = (
     "            ):\n"
     "                if counting_mode:\n"
     "                    los_blocked = mi_scene.ray_test(los_ray, active=active)\n"
+    "                    assert num_hashes == 2\n"
+    "                    to_store = hashes\n"
+    "                    del thread_idx, hashes_to_combine\n"
+    "                    dr.scatter(\n"
+    "                        candidate_hashes, to_store, current_path_i, active=store\n"
+    "                    )\n"
+    "                t_idx += 1\n"
     "\n"
     "def hash_for_target(t_idx):\n"
     "    return t_idx\n"
 )
 
 
-def test_edited_source_applies_both_edits_and_keeps_the_rest():
+def test_edited_source_applies_the_edits_and_keeps_the_rest():
     edited = candidate_culling.edited_source(FAKE_MODULE)
     assert edited.startswith("@dr.syntax\ndef _shoot_and_bounce_loop(self):\n")  # dedented to module level
     assert "(t_idx < num_targets) & active," in edited
     assert "facing = diffraction | (dr.dot(n, los_ray.d) > 0.0)" in edited
-    assert "ray_test(los_ray, active=active & facing) | ~facing" in edited
+    assert "inside = _irt4_through_solid(si_scene.p, tgt_position, active & facing)" in edited
+    assert "ray_test(los_ray, active=active & facing & ~inside)" in edited
+    assert "los_blocked |= ~facing | inside" in edited
+    assert "del thread_idx" not in edited
+    guard = candidate_culling.BOOKKEEPING_GUARD[4:]  # dedented with the method
+    assert "if dr.hint(active & (valid | new_specular)" in guard
+    assert guard + "                    assert num_hashes == 2\n" in edited
+    assert "                    )\n            t_idx += 1\n" in edited  # the block indented, the rest not
     assert "hash_for_target" not in edited  # the method only
     compile(edited, "<edited>", "exec")
 
@@ -51,6 +65,7 @@ def test_edited_source_applies_both_edits_and_keeps_the_rest():
         (FAKE_MODULE.replace("t_idx < num_targets,", "t_idx < count,"), "occurs 0 times"),
         (FAKE_MODULE.replace("active=active)", "active=active & x)"), "occurs 0 times"),
         (FAKE_MODULE.replace("def _shoot_and_bounce_loop", "def _loop"), "not where"),
+        (FAKE_MODULE.replace("assert num_hashes == 2", "assert num_hashes > 1"), "occurs 0 times"),
     ],
 )
 def test_edited_source_refuses_a_loop_it_does_not_know(source, message):
@@ -76,8 +91,9 @@ def test_module_imports_without_sionna():
 
 
 def trace_both() -> dict:
-    """Per city: outdoor receiver gains with Sionna's loop, then culled (applied twice), then Sionna's
-    again after remove()."""
+    """Per city: outdoor receiver gains with Sionna's loop, then culled (applied twice), then culled
+    with the city's solid-cell raster, then also with the sparse ordering, then Sionna's again after
+    remove(); and the synthetic comparison of the two orderings."""
     from irt4.data import synth
 
     settings = synth.SynthSettings(grid=16, max_depth=3, samples_per_src=20_000, style="oldtown")
@@ -89,17 +105,90 @@ def trace_both() -> dict:
         outdoor = city.buildings[rows, cols] == 0
         points = synth.pixel_to_world(rows[outdoor], cols[outdoor], settings.rx_height)
         tracer = synth.city_tracer(city, settings, cull_candidates=False)
-        for label in ("sionna", "culled", "restored"):
+        solid = city.solid_cells()
+        result[f"{style}/solid_fraction"] = float((solid > 0).mean())
+        for label in ("sionna", "culled", "solid", "sparse", "restored"):
             if label == "culled":
                 candidate_culling.apply()
                 candidate_culling.apply()
                 result["applied_during"] = candidate_culling.is_applied()
+            if label == "solid":
+                candidate_culling.set_solid_cells(solid)
+            if label == "sparse":
+                sparse_ordering.apply()
+                result["sparse_applied"] = sparse_ordering.is_applied()
             if label == "restored":
+                candidate_culling.set_solid_cells(None)
                 candidate_culling.remove()
+                sparse_ordering.remove()
             gain = tracer.path_gain_db(points)
             result[f"{style}/{label}"] = [[float(g) if np.isfinite(g) else None for g in row] for row in gain]
-    result["applied_after"] = candidate_culling.is_applied()
+    result["applied_after"] = candidate_culling.is_applied() or sparse_ordering.is_applied()
+    result["ordering"] = compare_orderings()
     return result
+
+
+def compare_orderings() -> dict:
+    """Sionna's step 2 and the sparse one on the same synthetic step-1 record (recorded slots,
+    hash-race tables, a tight per-source budget and buffer): the offsets, per-ray flags, counters and
+    path count each produces, as lists."""
+    import drjit as dr
+    import mitsuba as mi
+
+    module = sys.modules[sparse_ordering._MODULE]
+    sources, per_src, targets, depth, table = 2, 40, 5, 3, 16
+    rng = np.random.default_rng(3)
+    slots_np = np.full(depth * sources * per_src * targets, module.NO_PATH_RECORDED_MARKER, np.uint64)
+    kind = rng.random(len(slots_np))
+    hashes = rng.integers(0, table, size=(len(slots_np), 2))
+    combined = (hashes[:, 0].astype(np.uint64) << np.uint64(32)) | hashes[:, 1].astype(np.uint64)
+    slots_np[kind < 0.3] = combined[kind < 0.3]
+    slots_np[(kind >= 0.3) & (kind < 0.4)] = module.NON_SPECULAR_PATH_MARKER
+    thread = (np.arange(len(slots_np)) // targets) % (sources * per_src)
+    race = np.full((2, table), 2**31, np.int64)  # lowest claiming thread per hash, some taken by others
+    for i in np.flatnonzero(kind < 0.3):
+        for h in range(2):
+            race[h, hashes[i, h]] = min(race[h, hashes[i, h]], thread[i] - (rng.random() < 0.1))
+    race = np.clip(race, 0, None).astype(np.uint32)
+
+    class Paths:
+        buffer_size = 80
+
+        def __init__(self):
+            self.paths_counter = mi.UInt32(7)
+            self.advanced = None
+
+        def advance_paths_counter(self, n):
+            self.advanced = int(dr.slice(n)) if not isinstance(n, int) else n
+
+    class Sampler:
+        def seed(self, *_):
+            pass
+
+    class Fake:
+        _sampler = Sampler()
+
+        def _shoot_and_bounce_loop(self, *args, counting_mode=False, output_offset=None, **kw):
+            if counting_mode:
+                return mi.UInt64(slots_np), [mi.UInt32(race[0]), mi.UInt32(race[1])]
+            self.offsets = output_offset.numpy().tolist()
+            self.has_output = kw["thread_has_output"].numpy().tolist()
+
+    out = {}
+    original = sparse_ordering._original or module.SBDeterministicCandidateGenerator._shoot_and_bounce
+    for label, method in (("sionna", original), ("sparse", sparse_ordering._shoot_and_bounce)):
+        fake, paths, counters = Fake(), Paths(), mi.UInt32([3, 0])
+        src = mi.Point3f(np.zeros((3, sources)))
+        tgt = mi.Point3f(np.zeros((3, targets)))
+        args = (None, src, tgt, paths, per_src, 45, depth, counters, True, False, False, True, False, 0)
+        method(fake, *args)
+        out[label] = {
+            "offsets": fake.offsets,
+            "has_output": fake.has_output,
+            "counters": counters.numpy().tolist(),
+            "advanced": paths.advanced,
+        }
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +203,26 @@ def gains(traced: dict, key: str) -> np.ndarray:
 @pytest.mark.sim
 def test_apply_and_remove_switch_the_loop(traced):
     assert not traced["applied_before"] and traced["applied_during"] and not traced["applied_after"]
+    assert traced["sparse_applied"]
+
+
+@pytest.mark.sim
+def test_sparse_ordering_gives_sionnas_offsets_flags_and_counters(traced):
+    sionna, sparse = traced["ordering"]["sionna"], traced["ordering"]["sparse"]
+    kept = [o & 0x7FFFFFFF for o in sionna["offsets"] if o != 0xFFFFFFFF]
+    assert kept == list(range(7, 80))  # the buffer filled from the paths it held, in order
+    assert sionna["counters"] == [45, 73 - 42]  # source 0 up to its budget, source 1 to the buffer's end
+    assert any(o != 0xFFFFFFFF and o >> 31 for o in sionna["offsets"])  # non-specular flags ride along
+    assert sparse == sionna
+
+
+@pytest.mark.sim
+@pytest.mark.parametrize("style", ["oldtown", "grid"])
+def test_sparse_ordering_changes_no_gain(traced, style):
+    solid, sparse = gains(traced, f"{style}/solid"), gains(traced, f"{style}/sparse")
+    np.testing.assert_array_equal(np.isfinite(sparse), np.isfinite(solid))
+    finite = np.isfinite(solid)
+    np.testing.assert_allclose(sparse[finite], solid[finite], rtol=0, atol=1e-9)
 
 
 @pytest.mark.sim
@@ -128,6 +237,16 @@ def test_culled_search_finds_the_same_paths_or_more(traced, style):
     assert change.min() > -1e-6, change.min()
     assert change.max() < 0.5 and (change > 1e-3).mean() < 0.1, change[change > 1e-3]
     np.testing.assert_allclose(gains(traced, f"{style}/restored"), sionna, rtol=0, atol=1e-9)  # reversible
+
+
+@pytest.mark.sim
+@pytest.mark.parametrize("style", ["oldtown", "grid"])
+def test_solid_cell_lookup_changes_no_gain(traced, style):
+    assert traced[f"{style}/solid_fraction"] > 0.05  # the lookup had cells to skip rays in
+    culled, solid = gains(traced, f"{style}/culled"), gains(traced, f"{style}/solid")
+    np.testing.assert_array_equal(np.isfinite(solid), np.isfinite(culled))
+    finite = np.isfinite(culled)
+    np.testing.assert_allclose(solid[finite], culled[finite], rtol=0, atol=1e-9)
 
 
 if __name__ == "__main__":

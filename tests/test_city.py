@@ -16,6 +16,7 @@ from irt4.data.city import (
     random_layout,
     random_transmitter,
     rasterize,
+    solid_cells,
 )
 from irt4.data.city.assemble import assemble, drawn_until_coverage_fits
 from irt4.data.city.materials import BUILDING_MATERIALS, MATERIAL_WEIGHTS
@@ -260,6 +261,41 @@ def test_rasterize_matches_vertical_rays_into_the_mesh():
 
 def test_rasterize_empty_layout_is_all_street():
     assert rasterize([], 8).sum() == 0
+
+
+def test_solid_cells_of_an_axis_aligned_box_are_its_inner_cells_at_its_height():
+    solid = solid_cells([shapely.box(10.0, 20.0, 15.0, 23.0)], [12.0], SIZE)
+    assert solid.dtype == np.float32 and solid.shape == (SIZE, SIZE)
+    inside = np.zeros((SIZE, SIZE), bool)
+    inside[21:22, 11:14] = True  # the cells along its walls touch them: left out
+    np.testing.assert_array_equal(solid > 0, inside)
+    np.testing.assert_allclose(solid[inside], 12.0 - 0.02)
+
+
+def test_solid_cells_of_a_rotated_square_lie_inside_it_and_never_on_its_walls():
+    centre = np.array([100.3, 60.7])
+    corners = centre + 10 * np.sqrt(2) * np.array([[1, 0], [0, 1], [-1, 0], [0, -1]])
+    square = shapely.Polygon(corners)
+    solid = solid_cells([square], [30.0], SIZE)
+    rows, cols = np.nonzero(solid)
+    cells = shapely.box(cols, rows, cols + 1, rows + 1)
+    assert shapely.contains(square, cells).all()  # no cell crosses a wall
+    # all but the cells the walls cut: 400 m2, less about 4 walls x 28 m x ~1.5 cells
+    assert 220 <= len(rows) < 400
+    assert (rasterize([square], SIZE)[rows, cols] == 1).all()
+
+
+def test_solid_cells_of_touching_buildings_keep_their_heights_and_courtyards_stay_open():
+    outline = [(10, 10), (50, 10), (50, 30), (10, 30)]
+    courtyard = [(20, 15), (30, 15), (30, 25), (20, 25)]
+    low = shapely.Polygon(outline, [courtyard])
+    high = shapely.box(50.0, 10.0, 60.0, 30.0)  # shares the wall x = 50
+    solid = solid_cells([low, high], [8.0, 40.0], SIZE)
+    assert solid[20, 12] == pytest.approx(7.98) and solid[20, 55] == pytest.approx(39.98)
+    assert solid[20, 48] == pytest.approx(7.98) and solid[20, 51] == pytest.approx(39.98)
+    assert solid[20, 49] == 0 and solid[20, 50] == 0  # the shared wall's cells
+    assert (solid[15:25, 20:30] == 0).all()  # the courtyard
+    assert solid_cells([], [], 8).sum() == 0
 
 
 # --- mesh

@@ -203,6 +203,9 @@ def _opaque_point(point):
     return mi.Point3f(x, y, z)
 
 
+FLUSH_EVERY = 10  # path_gain_db calls (maps) between emptyings of Dr.Jit's allocation cache
+
+
 class RayTracer:
     """A scene (ground, buildings by material, transmitters) and a fixed pool of receivers moved chunk
     by chunk over the receiver points, so every solver call has the same size.
@@ -212,8 +215,10 @@ class RayTracer:
     mesh sizes are padded (pad_mesh) and device positions are opaque, so the kernels Dr.Jit compiled
     for one city are reused for the next. keep_kernels=False builds the scene as irt4 did before:
     each city's own mesh sizes and literal positions (a fresh compile per city); bench/synth_speed.py
-    measures one against the other. cull_candidates applies irt4.data.candidate_culling to the
-    process (for good: a later tracer built without it still uses it).
+    measures one against the other. cull_candidates applies irt4.data.candidate_culling and
+    irt4.data.sparse_ordering to the process (for good: a later tracer built without it still uses
+    them) and looks shadow rays up in the `solid` raster given with each city (only while this
+    tracer traces).
     """
 
     def __init__(
@@ -228,23 +233,27 @@ class RayTracer:
         materials: tuple[str, ...] = ("concrete",),
         fix_diffraction: bool = True,
         cull_candidates: bool = True,
+        solid: np.ndarray | None = None,
     ):
         pin_libllvm()
         import drjit as dr
         import mitsuba as mi
         import sionna.rt as rt
 
-        from irt4.data import candidate_culling, diffraction_fix
+        from irt4.data import candidate_culling, diffraction_fix, sparse_ordering
 
         if fix_diffraction:  # walls at any angle (irt4.data.diffraction_fix); once applied, for good
             diffraction_fix.apply()
-        if cull_candidates:  # the same paths with fewer shadow rays (irt4.data.candidate_culling)
+        if cull_candidates:  # the same paths, found with less work (the two modules' docstrings)
             candidate_culling.apply()
+            sparse_ordering.apply()
         if threads is not None:
             dr.set_thread_count(threads)
         self.settings = settings
         self.rx_per_call = rx_per_call
         self.keep_kernels = keep_kernels
+        self.cull_candidates = cull_candidates
+        self._maps_traced = 0
         self.scene = rt.load_scene(None, merge_shapes=False)
         self.scene.frequency = settings.frequency
         for array in ("tx_array", "rx_array"):
@@ -280,7 +289,7 @@ class RayTracer:
         for receiver in self.receivers:
             self.scene.add(receiver)
         self.solver = rt.PathSolver(deterministic=True)
-        self.set_city(buildings_mesh, tx_points)
+        self.set_city(buildings_mesh, tx_points, solid)
 
     @staticmethod
     def _mesh_dict(buildings_mesh) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -292,9 +301,13 @@ class RayTracer:
         self,
         buildings_mesh: tuple[np.ndarray, np.ndarray] | dict[str, tuple[np.ndarray, np.ndarray]],
         tx_points: np.ndarray,
+        solid: np.ndarray | None = None,
     ) -> None:
         """Replace the buildings (one mesh, concrete, or material name -> mesh) and move the
-        transmitters (same count as at construction) to tx_points (K, 3)."""
+        transmitters (same count as at construction) to tx_points (K, 3). `solid`: the buildings'
+        interiors as irt4.data.city.raster.solid_cells gives them, which lets the candidate culling
+        skip shadow rays that pass through a building (None: every shadow ray is traced)."""
+        from irt4.data import candidate_culling
 
         meshes = self._mesh_dict(buildings_mesh)
         unknown = set(meshes) - set(self.materials)
@@ -311,6 +324,7 @@ class RayTracer:
             self._replace_buildings({name: mesh for name, mesh in meshes.items() if len(mesh[1])})
         for transmitter, point in zip(self.transmitters, np.asarray(tx_points, dtype=np.float64)):
             transmitter.position = self._position(point)
+        candidate_culling.set_solid_cells(solid if self.cull_candidates else None)
 
     def _replace_buildings(self, meshes: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
         """New building objects (one per material) in place of the old ones."""
@@ -359,6 +373,8 @@ class RayTracer:
     def path_gain_db(self, rx_points: np.ndarray) -> np.ndarray:
         """(num_tx, N) path gain in dB at the (N, 3) receiver points: the power of all paths summed
         incoherently (|a|^2 added, phases ignored); -inf where no path arrives."""
+        import drjit as dr
+
         rx_points = np.asarray(rx_points, dtype=np.float64).reshape(-1, 3)
         gain = np.zeros((self.num_tx, len(rx_points)))
         s = self.settings
@@ -386,5 +402,11 @@ class RayTracer:
             power *= valid.reshape(len(valid), 1, self.num_tx, 1, -1) if valid.ndim == 3 else valid
             per_rx = power.sum(axis=(1, 3, 4))  # (rx, tx)
             gain[:, start : start + len(chunk)] = per_rx[: len(chunk)].T
+        # Dr.Jit keeps freed blocks for reuse by size, and the candidate lists differ in size from call
+        # to call: the cache (and the process) would creep up from map to map. Emptying it costs the
+        # next call ~4 s of fresh allocations, so it is done every FLUSH_EVERY maps.
+        self._maps_traced += 1
+        if self._maps_traced % FLUSH_EVERY == 0:
+            dr.flush_malloc_cache()
         with np.errstate(divide="ignore"):
             return 10.0 * np.log10(gain)

@@ -51,6 +51,7 @@ from irt4.data.city import (
     random_city,
     random_layout,
     rasterize,
+    solid_cells,
     transmitter_image,
 )
 from irt4.data.city.materials import BUILDING_MATERIALS
@@ -118,6 +119,18 @@ class City:
             material: extrude([self.layout.polygons[i] for i in indices], self.heights[indices])
             for material, indices in by_material.items()
         }
+
+    def solid_cells(self) -> np.ndarray:
+        """(256, 256) roof heights of the cells that lie inside a building (irt4.data.city.raster.
+        solid_cells): what the candidate culling looks shadow rays up in."""
+        import shapely
+
+        if self.layout is None:
+            row0, col0, row1, col1 = np.asarray(self.boxes, dtype=np.float64).reshape(-1, 4).T
+            polygons = list(shapely.box(col0, row0, col1, row1))
+            heights = np.broadcast_to(self.heights, (len(polygons),))
+            return solid_cells(polygons, heights, SIZE)
+        return solid_cells(self.layout.polygons, self.heights, SIZE)
 
 
 def map_rng(seed: int, map_id: int) -> np.random.Generator:
@@ -298,7 +311,7 @@ def city_tracer(
     if keep_kernels and key in _tracers:
         tracer = _tracers[key]
         tracer.settings = replace(tracer.settings, seed=city.solver_seed)
-        tracer.set_city(city.meshes(), tx_points)
+        tracer.set_city(city.meshes(), tx_points, city.solid_cells() if cull_candidates else None)
         return tracer
     tracer = RayTracer(
         city.meshes(),
@@ -310,6 +323,7 @@ def city_tracer(
         keep_kernels=keep_kernels,
         materials=BUILDING_MATERIALS if keep_kernels else (),
         cull_candidates=cull_candidates,
+        solid=city.solid_cells() if cull_candidates else None,
     )
     if keep_kernels:
         _tracers.clear()  # one tracer per process: its memory is reused from map to map

@@ -9,7 +9,8 @@ Building footprints as shapely polygons in five urban styles, each in its own mo
   industrial  large low halls and tank farms; held out of training (the out-of-distribution style)
 
 A style makes a CityLayout (footprints, heights, ITU materials); rasterize() turns footprints into the
-building mask, extrude() into the ray tracer's mesh; random_layout() draws a style from a mix that
+building mask, extrude() into the ray tracer's mesh, solid_cells() into the raster of building
+interiors that the candidate culling looks shadow rays up in; random_layout() draws a style from a mix that
 parse_style_mix() reads. random_city() is the first generator (axis-aligned boxes on a grid), kept
 as it was: committed data sets were made from it.
 """
@@ -18,7 +19,7 @@ from irt4.data.city.boxes import random_city, random_transmitter
 from irt4.data.city.layout import CityLayout
 from irt4.data.city.mesh import extrude
 from irt4.data.city.mix import STYLES, TRAINING_STYLES, parse_style_mix, random_layout
-from irt4.data.city.raster import rasterize
+from irt4.data.city.raster import rasterize, solid_cells
 from irt4.data.pngio import transmitter_image
 
 __all__ = [
@@ -31,5 +32,6 @@ __all__ = [
     "random_layout",
     "random_transmitter",
     "rasterize",
+    "solid_cells",
     "transmitter_image",
 ]
