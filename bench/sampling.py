@@ -256,7 +256,7 @@ def onnxruntime_cpu(ctx: SamplingContext) -> Iterator[Callable]:
         ctx.cache["ort"] = specs, sessions
     specs, sessions = ctx.cache["ort"]
     d = ctx.model.cfg.diffusion
-    schedule = sampling_schedule(ctx.steps, d.eps, d.denoise)
+    schedule = sampling_schedule(ctx.steps, d.eps, d.denoise, d.schedule_dtype)
     feature_names = [t.name for t in specs["cond_encoder"].outputs]
     cond = ctx.cond.float().cpu().numpy()
 

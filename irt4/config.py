@@ -108,6 +108,9 @@ class DiffusionConfig:
     # `baseline` section, weights from `irt4-train ldm --prior`) as one more condition channel, so the
     # diffusion model starts from what the regressor knows of the mean; "none": the reference
     prior: str = "none"
+    # the sampler's time walk: "float64", or "float32" to reproduce the reference code's float32
+    # accumulation call for call (irt4.diffusion.schedule.sampling_schedule; C++ engines walk in float64)
+    schedule_dtype: str = "float64"
 
 
 # the condition's third channel (DataConfig.tx_field; irt4.data.condition draws them)
@@ -225,6 +228,11 @@ class Config:
         if self.diffusion.objective != "pred_KC":
             raise ConfigError(
                 f"diffusion.objective: only 'pred_KC' is implemented, got {self.diffusion.objective!r}"
+            )
+        if self.diffusion.schedule_dtype not in ("float64", "float32"):
+            raise ConfigError(
+                "diffusion.schedule_dtype must be 'float64' or 'float32', "
+                f"got {self.diffusion.schedule_dtype!r}"
             )
         if self.diffusion.loss_type not in ("l1", "l2"):
             raise ConfigError(f"diffusion.loss_type must be 'l1' or 'l2', got {self.diffusion.loss_type!r}")

@@ -41,6 +41,7 @@ def sample_latents(
     generator: torch.Generator | None = None,
     noise: SamplerNoise | None = None,
     recompute_condition: bool = False,
+    schedule_dtype: str = "float64",
 ) -> torch.Tensor:
     """Run the sampler in latent space; returns scaled latents (B, C, h, w).
 
@@ -48,7 +49,7 @@ def sample_latents(
     at every call the way the reference code does (for baselines: the result is the same).
     """
     batch = cond.shape[0]
-    schedule = sampling_schedule(steps, eps, denoise)
+    schedule = sampling_schedule(steps, eps, denoise, schedule_dtype)
     if noise is None:
         noise = draw_sampler_noise((batch, *latent_shape), steps, denoise, generator)
     if noise.steps.shape[0] != len(schedule):

@@ -82,5 +82,6 @@ class RadioDiff(nn.Module):
             generator=generator,
             noise=noise,
             recompute_condition=recompute_condition,
+            schedule_dtype=d.schedule_dtype,
         )
         return self.decode_latents(latents)
