@@ -125,10 +125,11 @@ def trace_both() -> dict:
             result[f"{style}/{label}"] = [[float(g) if np.isfinite(g) else None for g in row] for row in gain]
     result["applied_after"] = candidate_culling.is_applied() or sparse_ordering.is_applied()
     result["ordering"] = compare_orderings()
+    result["ordering_empty"] = compare_orderings(empty=True)
     return result
 
 
-def compare_orderings() -> dict:
+def compare_orderings(empty: bool = False) -> dict:
     """Sionna's step 2 and the sparse one on the same synthetic step-1 record (recorded slots,
     hash-race tables, a tight per-source budget and buffer): the offsets, per-ray flags, counters and
     path count each produces, as lists."""
@@ -142,8 +143,9 @@ def compare_orderings() -> dict:
     kind = rng.random(len(slots_np))
     hashes = rng.integers(0, table, size=(len(slots_np), 2))
     combined = (hashes[:, 0].astype(np.uint64) << np.uint64(32)) | hashes[:, 1].astype(np.uint64)
-    slots_np[kind < 0.3] = combined[kind < 0.3]
-    slots_np[(kind >= 0.3) & (kind < 0.4)] = module.NON_SPECULAR_PATH_MARKER
+    if not empty:  # else no slot holds a candidate
+        slots_np[kind < 0.3] = combined[kind < 0.3]
+        slots_np[(kind >= 0.3) & (kind < 0.4)] = module.NON_SPECULAR_PATH_MARKER
     thread = (np.arange(len(slots_np)) // targets) % (sources * per_src)
     race = np.full((2, table), 2**31, np.int64)  # lowest claiming thread per hash, some taken by others
     for i in np.flatnonzero(kind < 0.3):
@@ -213,6 +215,13 @@ def test_sparse_ordering_gives_sionnas_offsets_flags_and_counters(traced):
     assert kept == list(range(7, 80))  # the buffer filled from the paths it held, in order
     assert sionna["counters"] == [45, 73 - 42]  # source 0 up to its budget, source 1 to the buffer's end
     assert any(o != 0xFFFFFFFF and o >> 31 for o in sionna["offsets"])  # non-specular flags ride along
+    assert sparse == sionna
+
+
+@pytest.mark.sim
+def test_sparse_ordering_of_a_call_without_candidates(traced):
+    sionna, sparse = traced["ordering_empty"]["sionna"], traced["ordering_empty"]["sparse"]
+    assert set(sionna["offsets"]) == {0xFFFFFFFF} and sionna["advanced"] == 0
     assert sparse == sionna
 
 

@@ -123,6 +123,8 @@ def _order_recorded(
 
     uint32_max = sionna.UINT32_MAX
     index = dr.compress(slots != sionna.NO_PATH_RECORDED_MARKER)  # ascending: the output order
+    if dr.width(index) == 0:  # no candidate in this call (Dr.Jit refuses arithmetic on empty arrays)
+        return dr.full(mi.UInt32, uint32_max, dr.width(slots)), dr.zeros(mi.Bool, num_samples), 0
     recorded = dr.gather(mi.UInt64, slots, index)
     thread = (index // num_targets) % num_samples
     source = thread // samples_per_src
