@@ -116,6 +116,10 @@ def device_section(result: dict) -> str:
     for stage, recs in by_stage.items():
         lines += ["", f"### {STAGE_TITLES.get(stage, stage)}", ""]
         lines.append(kernel_table(recs) if stage == "kernels" else model_table(recs))
+    if result.get("profile"):
+        from bench.profile import markdown
+
+        lines += ["", "### Profile (bench/profile.py)", "", markdown(result["profile"])]
     return "\n".join(lines) + "\n"
 
 

@@ -1,7 +1,7 @@
 """irt4's speed, side by side with the eager fp32 reference, in one run; bench/README.md has the rows.
 
     python -m bench.run [--device cpu|cuda] [--preset small|irt4-radiodiff] [--quick]
-                        [--only peak,flops,sampling,training,kernels] [--batches 1,8,32] [--out DIR]
+                        [--only peak,flops,sampling,training,kernels,profile] [--batches 1,8,32] [--out DIR]
 
 Sections, in order (`--only` picks some):
 - peak:     TFLOP/s of a large matrix product (bf16 and fp32), the roofline of every row's TFLOP/s;
@@ -10,7 +10,8 @@ Sections, in order (`--only` picks some):
             each batch, with the ratio to the reference, the maps' difference from the reference's
             for the same noise, peak memory and achieved TFLOP/s;
 - training: samples/s of one AdamW step (bench/training.py);
-- kernels:  the Triton kernels against PyTorch, SDPA and torch.compile (bench/kernels.py).
+- kernels:  the Triton kernels against PyTorch, SDPA and torch.compile (bench/kernels.py);
+- profile:  one UNet step and one VAE decode under torch.profiler, time by operator group (bench/profile.py).
 
 The result file, <out>/<date>-<device>.json, is rewritten after every row and every section, so a run
 cut short keeps what it measured. Each section has a wall-clock cap (--section-timeout) and each
@@ -58,7 +59,7 @@ from irt4.models.bundle import save_bundle
 from irt4.models.radiodiff import RadioDiff
 from irt4.models.summary import build_on_meta, flop_counts, sampling_flops
 
-SECTIONS = ("peak", "flops", "sampling", "training", "kernels")
+SECTIONS = ("peak", "flops", "sampling", "training", "kernels", "profile")
 CPU_NOTE = (
     "CPU numbers are noisy: the machine's cores may be shared with other work while this runs; "
     "compare ratios within one run, not absolute times across runs."
@@ -103,6 +104,7 @@ class Run:
     sections: dict[str, dict] = field(default_factory=dict)
     peak_tflops: dict[str, float] = field(default_factory=dict)  # by dtype
     flops_per_map: dict[str, int] = field(default_factory=dict)
+    profile: dict | None = None  # bench/profile.py's result for this run's preset and device
     regenerate_md: bool = False
 
     @property
@@ -133,6 +135,7 @@ class Run:
             "peak_tflops": self.peak_tflops,
             "roofline_tflops": self.roofline_tflops,
             "flops_per_map": self.flops_per_map,
+            "profile": self.profile,
             "records": [{"stage": stage, **asdict(r), **self.meta} for stage, r in self.rows],
         }
 
@@ -378,10 +381,22 @@ def run_sections(run: Run, s: Settings, sections: list[str]) -> None:
                 flops_section(run, s, cfg)
             elif name == "kernels":
                 kernels_section(run, s)
+            elif name == "profile":
+                profile_section(run, s)
             else:
                 if model is None:
                     model = build_model(cfg, s.device, s.seed)
                 (sampling_section if name == "sampling" else training_section)(run, s, model)
+
+
+def profile_section(run: Run, s: Settings) -> None:
+    """bench/profile.py at the run's preset and device, at its largest sampling batch, in fp32 (and
+    bf16 on CUDA, the serving precision there); the table goes into RESULTS.md."""
+    from bench.profile import run_profile
+
+    precision = "bf16" if s.device.type == "cuda" else "fp32"
+    run.profile = run_profile(s.preset, s.device.type, max(s.batches), precision, repeat=2)
+    run.save()
 
 
 def default_notes(s: Settings, cfg) -> list[str]:

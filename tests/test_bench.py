@@ -240,3 +240,58 @@ def test_ablation_bench_refuses_a_missing_model(tmp_path, capsys):
     with pytest.raises(SystemExit):
         ablation.main(["--model", f"x={tmp_path / 'none.safetensors'}", "--out", str(tmp_path)])
     assert "no such file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "name, group",
+    [
+        ("aten::mkldnn_convolution", "convolutions"),
+        ("aten::cudnn_convolution", "convolutions"),
+        ("aten::addmm", "matrix products"),
+        ("aten::bmm", "matrix products"),
+        ("aten::native_group_norm", "norms"),
+        ("aten::_softmax", "attention"),
+        ("aten::_scaled_dot_product_flash_attention_for_cpu", "attention"),
+        ("aten::_fft_r2c", "FFT"),
+        ("aten::silu", "elementwise"),
+        ("aten::add_", "elementwise"),
+        ("aten::copy_", "copies and layout"),
+        ("aten::cat", "copies and layout"),
+        ("aten::upsample_nearest2d", "copies and layout"),
+        ("aten::view", None),
+        ("aten::permute", None),
+        ("aten::randn", "other"),
+    ],
+)
+def test_profile_groups_operators_by_what_they_spend_time_on(name, group):
+    from bench.profile import op_group
+
+    assert op_group(name) == group
+
+
+def test_profile_of_the_tiny_preset_accounts_for_the_call(tmp_path):
+    from bench import profile
+
+    assert profile.main(["--preset", "tiny", "--device", "cpu", "--repeat", "1", "--out", str(tmp_path)]) == 0
+    (path,) = tmp_path.glob("*-profile-cpu.json")
+    result = json.loads(path.read_text())
+    for name in ("UNet step", "VAE decode"):
+        part = result["networks"][name]
+        groups = {row["group"]: row for row in part["rows"]}
+        assert set(groups) == {*profile.GROUPS, "outside operators"}
+        assert groups["convolutions"]["ms"] > 0 and groups["convolutions"]["gflop"] > 0
+        assert part["wall_ms"] > 0 and all(row["ms"] >= 0 for row in part["rows"])
+    assert result["networks"]["UNet step"]["rows"][4]["group"] == "FFT"  # the decouple branches
+    assert result["networks"]["UNet step"]["rows"][4]["calls"] > 0
+    table = path.with_suffix(".md").read_text()
+    assert "| convolutions |" in table and "UNet step:" in table and "VAE decode:" in table
+
+
+def test_profile_section_lands_in_the_run_file_and_results_md(tmp_path):
+    result = _new_run(tmp_path)
+    run.run_sections(result, _settings(), ["profile"])
+    saved = json.loads(result.path.read_text())
+    assert saved["sections"]["profile"]["status"] == "ok"
+    assert saved["profile"]["preset"] == "tiny" and "UNet step" in saved["profile"]["networks"]
+    text = report.regenerate_results_md(tmp_path, tmp_path / "RESULTS.md")
+    assert "### Profile (bench/profile.py)" in text and "| convolutions |" in text
