@@ -221,6 +221,14 @@ def test_wrong_checkpoint_and_missing_inputs_exit_2(root, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_out_naming_an_existing_file_exits_2(root, checkpoint, tmp_path, capsys):
+    taken = tmp_path / "maps.png"
+    taken.write_bytes(b"not a folder")
+    assert _run("--checkpoint", checkpoint, "--data", root, "--out", taken) == 2
+    assert f"--out {taken} is a file" in capsys.readouterr().err
+    assert taken.read_bytes() == b"not a folder"
+
+
 def test_bad_shard_is_refused(root, checkpoint, tmp_path, capsys):
     assert _run("--checkpoint", checkpoint, "--data", root, "--out", tmp_path / "o", "--shard", "2/2") == 2
     assert "--shard" in capsys.readouterr().err

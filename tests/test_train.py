@@ -181,6 +181,8 @@ def _same_tensors(a, b) -> bool:
 
 
 def test_sigterm_then_resume_gives_the_parameters_of_an_uninterrupted_run(vae_run, data_root, tmp_path):
+    """The interrupted run is started and restarted by the same command with --auto-resume, as a
+    preemptible job would be."""
     argv = [
         "ldm",
         *common(data_root),
@@ -198,7 +200,8 @@ def test_sigterm_then_resume_gives_the_parameters_of_an_uninterrupted_run(vae_ru
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     subprocess.run(command(*argv, "--out", str(straight)), env=ENV, check=True, capture_output=True)
 
-    process = subprocess.Popen(command(*argv, "--out", str(interrupted)), env=ENV, stderr=subprocess.PIPE)
+    job = [*argv, "--out", str(interrupted), "--auto-resume"]
+    process = subprocess.Popen(command(*job), env=ENV, stderr=subprocess.PIPE)
     _wait_for_step(interrupted, process, 2)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=240)
@@ -208,10 +211,9 @@ def test_sigterm_then_resume_gives_the_parameters_of_an_uninterrupted_run(vae_ru
     stopped_at = record["step"]
     assert read_checkpoint(interrupted / "last.pt")["step"] == stopped_at
 
-    resumed = subprocess.run(
-        command(*argv, "--out", str(interrupted), "--resume"), env=ENV, capture_output=True, text=True
-    )
+    resumed = subprocess.run(command(*job), env=ENV, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "--auto-resume: continuing from" in resumed.stderr
     assert run_json(interrupted)["resumed_from"] == [stopped_at]
     a, b = read_checkpoint(straight / "last.pt"), read_checkpoint(interrupted / "last.pt")
     assert a["step"] == b["step"] == 8 and a["data"] == b["data"]
@@ -341,6 +343,7 @@ def test_user_mistakes_print_one_line_and_exit_2(data_root, vae_run, tmp_path, c
         "--vae is required": ["ldm", *common(data_root), "--out", out],
         "holds no readable checkpoint": ["vae", *common(data_root), "--out", out, "--resume"],
         "already holds checkpoints": ["vae", *common(data_root), "--out", str(vae_run)],
+        "drop --resume": ["vae", *common(data_root), "--out", out, "--resume", "--auto-resume"],
         "not a training run folder": ["report", str(tmp_path)],
     }
     for message, argv in cases.items():

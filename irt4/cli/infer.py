@@ -163,6 +163,8 @@ def run(args) -> int:
 
     if args.batch_size < 1 or args.steps < 1:
         raise InputError("--batch-size and --steps must be at least 1")
+    if args.out.exists() and not args.out.is_dir():
+        raise InputError(f"--out {args.out} is a file; it names the output folder")
     shard = parse_shard(args.shard)
     if args.backend in ENGINE_BACKENDS:
         from irt4.engine.runtime import engine_config, read_manifest

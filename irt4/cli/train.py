@@ -56,6 +56,13 @@ def _add_run_options(parser: argparse.ArgumentParser, stage: str) -> None:
         help="continue from the newest valid checkpoint in --out (weights, optimizer, scheduler, EMA, "
         "grad scaler, RNG and data order)",
     )
+    parser.add_argument(
+        "--auto-resume",
+        action="store_true",
+        help="continue like --resume when --out holds a checkpoint, else start a new run: the same "
+        "command serves a job's first start and every restart (options of a fresh start, such as "
+        "--init-from and --prior, then apply to the first start only)",
+    )
     parser.add_argument("--compile", action="store_true", help="torch.compile the trained network")
     if stage != "vae":  # the VAE's loss calls it with a generator keyword, which a graph cannot take
         parser.add_argument(
@@ -194,10 +201,13 @@ def _resolve_config(args: argparse.Namespace, section: str) -> tuple[Config, tup
     if args.workers is not None:
         overrides.append(f"data.num_workers={args.workers}")
     resume = None
-    if args.resume:
+    if args.resume and args.auto_resume:
+        raise InputError("--auto-resume resumes by itself where --out holds a checkpoint: drop --resume")
+    if args.resume or args.auto_resume:
         resume = load_newest_valid(args.out) if args.out.is_dir() else None
-        if resume is None:
+        if resume is None and args.resume:
             raise InputError(f"--resume: {args.out} holds no readable checkpoint")
+    if resume is not None:
         path, checkpoint = resume
         if checkpoint.get("stage") != args.command:
             raise InputError(f"--resume: {path} is a {checkpoint.get('stage')} run, not {args.command}")
@@ -208,7 +218,11 @@ def _resolve_config(args: argparse.Namespace, section: str) -> tuple[Config, tup
         if not args.config:
             raise InputError("--config is required (unless --resume)")
         if any(args.out.glob("ckpt-*.pt")):
-            raise InputError(f"{args.out} already holds checkpoints: pass --resume, or another --out")
+            raise InputError(
+                f"{args.out} already holds checkpoints, none readable: pass --resume, or another --out"
+                if args.auto_resume
+                else f"{args.out} already holds checkpoints: pass --resume, or another --out"
+            )
         cfg = load_config(args.config, overrides)
     return cfg, resume
 
@@ -239,6 +253,13 @@ def train(args: argparse.Namespace) -> int:
     if args.time_budget is not None and not args.time_budget > 0:
         raise InputError(f"--time-budget must be a positive number of seconds, got {args.time_budget}")
     cfg, resume = _resolve_config(args, section)
+    if resume is not None and args.auto_resume:
+        log.info("--auto-resume: continuing from %s", resume[0])
+        for option in ("init_from", "prior"):
+            if getattr(args, option, None) is not None:
+                flag = "--" + option.replace("_", "-")
+                log.info("--auto-resume: %s applied to the run's first start only", flag)
+                setattr(args, option, None)
     init_from = getattr(args, "init_from", None)
     if init_from is not None and resume is not None:
         raise InputError("--init-from starts a new run and --resume continues one: pass one of them")
