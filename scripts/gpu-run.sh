@@ -1,18 +1,13 @@
 #!/usr/bin/env bash
-# What a lent GPU session does, in two device calls (the device time is scarce: 15 minutes, start-up
-# and idle waits included; one call runs at most 600 s):
+# One GPU run of irt4, in stages, each a single command that fits in under ten minutes:
 #
-#   scripts/device-session.sh OUT prepare   # call 1, timeout_s 480: ~450 s
-#   scripts/device-session.sh OUT measure   # call 2, right after (the machine is released after 30 s
-#                                           # idle), timeout_s 330: ~300 s
-#
-# or, when the default model (issue 9) matters more than new benchmark numbers, one call:
-#
-#   scripts/device-session.sh OUT train     # timeout_s 600: ~570 s, all of it training
-#
-# or, for the default model v2 (issue 21: from scratch on datasets/city-train, with its ablation):
-#
-#   scripts/device-session.sh OUT v2        # timeout_s 600: ~540 s (scripts/train-v2.sh)
+#   scripts/gpu-run.sh OUT prepare   # ~450 s: train the default model and its baseline side by side
+#                                    # with the benchmark preparation
+#   scripts/gpu-run.sh OUT measure   # ~300 s, right after prepare on the same machine: the benchmarks
+#                                    # alone on the GPU
+#   scripts/gpu-run.sh OUT train     # ~570 s, all of it training the default model and its baseline
+#   scripts/gpu-run.sh OUT v2        # ~540 s: default model v2 from scratch on datasets/city-train,
+#                                    # with its ablation (scripts/train-v2.sh)
 #
 # prepare: side by side, train the default model and its baseline (scripts/train-default-model.sh)
 #          and prepare the benchmarks (bench/gpu.sh --stage prepare: build the extension, GPU tests,
@@ -25,23 +20,23 @@
 #          the regressor prior and of that regressor (the others' numbers are in the ablation).
 # measure: alone on the GPU, so that the timings are clean: bench/gpu.sh --stage measure; pack the
 #          bench results into OUT/bench.tgz.
-# After both: cat OUT/train.tgz.part-* | tar xz (bundles and reports), bench.tgz's *-cuda.json into
-# bench/results/ and `python -m bench.run --regenerate`. WORK [/tmp/irt4-device] holds the work files
-# on the device machine; a warm machine keeps them between the two calls.
+# Then: cat OUT/train.tgz.part-* | tar xz (bundles and reports), bench.tgz's *-cuda.json into
+# bench/results/ and `python -m bench.run --regenerate`. WORK [/tmp/irt4-gpu] holds the work files on
+# the GPU machine; prepare and measure share them when they run on the same machine.
 #
-# What the sessions of 2026-11-26 taught:
+# What the GPU runs of 2026-11-26 showed:
 #   - Inductor needed over 3 minutes for the small LDM's first step: no --compile in training;
 #   - the CUDA AOTInductor engine build of the irt4-radiodiff UNet was still compiling after 226 s
-#     (sharing the machine with training and the GPU tests): it gets most of call 1 here;
+#     (sharing the machine with training and the GPU tests): it gets most of prepare here;
 #   - the sampling section took 187 s of its 190 s cap at batches 32, 1 and 8 with no engine rows:
 #     batch 8 is left out, for the engine rows.
 set -u
-OUT=${1:?usage: scripts/device-session.sh OUT prepare|measure|train|v2}
-STAGE=${2:?usage: scripts/device-session.sh OUT prepare|measure|train|v2}
-WORK=${WORK:-/tmp/irt4-device}
+OUT=${1:?usage: scripts/gpu-run.sh OUT prepare|measure|train|v2}
+STAGE=${2:?usage: scripts/gpu-run.sh OUT prepare|measure|train|v2}
+WORK=${WORK:-/tmp/irt4-gpu}
 export PYTHONUNBUFFERED=1 CMAKE_BUILD_PARALLEL_LEVEL=16
 mkdir -p "$OUT" "$WORK/train" "$WORK/bench"
-log() { echo "[device-session $STAGE $(date +%T)] $*" | tee -a "$OUT/session.log"; }
+log() { echo "[gpu-run $STAGE $(date +%T)] $*" | tee -a "$OUT/run.log"; }
 
 train_defaults() {
     # Training continues the shipped models (INIT_FROM=irt4/assets; INIT_FROM= starts from scratch with
@@ -56,8 +51,8 @@ train_defaults() {
 }
 
 pack_training() {
-    # Only what we keep: the bundles, the reports and logs; no optimizer checkpoints. The tool returns
-    # files of at most 16 MiB: the archive is split (cat train.tgz.part-* | tar xz).
+    # Only what we keep: the bundles, the reports and logs; no optimizer checkpoints. The archive is
+    # split into parts of 15 MB, small enough to copy back one by one (cat train.tgz.part-* | tar xz).
     (cd "$WORK" && tar czf - --exclude='*.pt' --exclude='*.onnx' --exclude='*.pt2' train |
         split -b 15M - "$OUT/train.tgz.part-") && log "train archive: $(ls "$OUT" | grep -c part-) part(s)"
 }
@@ -113,6 +108,6 @@ case $STAGE in
     measure) measure ;;
     train) train ;;
     v2) v2 ;;
-    *) echo "usage: scripts/device-session.sh OUT prepare|measure|train|v2" >&2; exit 2 ;;
+    *) echo "usage: scripts/gpu-run.sh OUT prepare|measure|train|v2" >&2; exit 2 ;;
 esac
 log "done"
