@@ -9,9 +9,13 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 
 def __getattr__(name: str):
-    # irt4.Engine is imported on first use, so `import irt4` stays cheap
+    # irt4.Engine, irt4.load and irt4.Model are imported on first use, so `import irt4` stays cheap
     if name == "Engine":
         from irt4.engine.runtime import Engine
 
         return Engine
+    if name in ("load", "Model"):
+        from irt4 import api
+
+        return getattr(api, name)
     raise AttributeError(f"module 'irt4' has no attribute {name!r}")

@@ -258,6 +258,7 @@ class Sampler:
                 eps=self.model.cfg.diffusion.eps,
                 denoise=self.model.cfg.diffusion.denoise,
                 noise=noise,
+                schedule_dtype=self.model.cfg.diffusion.schedule_dtype,
             )
             maps = self.model.decode_latents(latents.float())
         return _on_disk_grid(maps)

@@ -242,3 +242,19 @@ def test_cuda_graph_path_equals_the_eager_loop(cuda_engine, reference):
         engine.sample(cond2.cuda(), noise2, cuda_graph=True), engine.sample(cond2.cuda(), noise2)
     )
     torch.testing.assert_close(graphed, eager)
+
+
+def test_irt4_load_runs_an_engine_directory_as_it_runs_the_bundle(bundle, built):
+    import numpy as np
+
+    import irt4
+
+    engine_dir, _ = built
+    buildings = np.zeros((256, 256), np.uint8)
+    buildings[100:140, 60:120] = 1
+    via_engine = irt4.load(engine_dir, backend="onnxruntime")
+    gain = via_engine.predict(buildings, (50, 50), steps=STEPS, seed=1)
+    expected = irt4.load(bundle).predict(buildings, (50, 50), steps=STEPS, seed=1)
+    assert via_engine.kind == "engine"
+    np.testing.assert_array_equal(np.isnan(gain), np.isnan(expected))
+    assert np.nanmax(np.abs(gain - expected)) < 0.05  # dB: ONNX Runtime against PyTorch, both fp32
