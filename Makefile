@@ -1,6 +1,6 @@
 # make install: the venv, torch (CPU build, only if missing) and irt4 in editable mode with its extension and
-# the [sim] (sionna-rt) and [ort] (onnx, onnxruntime) extras, plus Debian's libLLVM 19 for Sionna's CPU
-# backend when missing (root + apt only).
+# the [sim] (sionna-rt), [ort] (onnx, onnxruntime) and [geo] (pyogrio, pyproj, rasterio, osmium) extras,
+# plus Debian's libLLVM 19 for Sionna's CPU backend when missing (root + apt only).
 # make test: lint, then the tests. make demo: the end-to-end demo. make bench: the quick CPU benchmarks
 # (bench/run.py: writes bench/results/<date>-cpu.json and regenerates bench/RESULTS.md).
 PY := .venv/bin/python
@@ -34,7 +34,7 @@ $(PY):
 $(INSTALL_STAMP): $(PY) $(BUILD_INPUTS)
 	$(PY) -c 'import torch' 2>/dev/null || $(PIP) install torch==$(TORCH_VERSION)
 	$(PIP) install scikit-build-core cmake ninja
-	$(PIP) install --no-build-isolation -e '.[dev,sim,ort]'
+	$(PIP) install --no-build-isolation -e '.[dev,sim,ort,geo]'
 	touch $@
 
 test: install

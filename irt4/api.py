@@ -41,12 +41,14 @@ class Model:
         steps: int | None = None,
         seed: int = 0,
         batch_size: int = 8,
+        noise_ids=None,
     ) -> np.ndarray:
         """Path gain in dB, (256, 256) for one map or (B, 256, 256) for a batch, NaN on buildings.
 
         buildings: (256, 256) or (B, 256, 256), nonzero = building (bool, 0/1 or 0/255 grey).
         tx: (row, col) for one map, or (B, 2). steps: sampling steps (default: the model's; unused by a
-        regressor). seed: the sampler noise of map b comes from (seed, b)."""
+        regressor). seed: the sampler noise of map b comes from (seed, b), or from (seed, noise_ids[b]) where
+        given, so that a map keeps its noise whichever call it is predicted in."""
         from irt4.infer import Pair, pair_noise
 
         maps, rows_cols, single = _check_inputs(buildings, tx)
@@ -56,10 +58,13 @@ class Model:
         if hasattr(self.sampler, "options"):  # an engine takes the step count from the noise it is given
             self.sampler.options.steps = steps
         conds = [self._condition(m, r, c) for m, (r, c) in zip(maps, rows_cols)]
+        ids = list(range(len(conds))) if noise_ids is None else [int(i) for i in noise_ids]
+        if len(ids) != len(conds):
+            raise InputError(f"{len(conds)} building maps but {len(ids)} noise ids")
         grey = []
         for start in range(0, len(conds), batch_size):
             cond = torch.stack(conds[start : start + batch_size])
-            pairs = [Pair(start + i, 0) for i in range(len(cond))]
+            pairs = [Pair(ids[start + i], 0) for i in range(len(cond))]
             noise = None if self.kind == "regressor" else pair_noise(self.sampler, pairs, steps, seed)
             grey.append(self.sampler(cond, noise).numpy())
         low, high = self.cfg.data.gain_db_range

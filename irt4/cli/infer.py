@@ -16,9 +16,13 @@ EPILOG = """examples:
   irt4-infer --checkpoint model.safetensors --maps city_maps/ --tx tx.csv --out out/ --save-db
   irt4-infer ... --shard 0/2   and   irt4-infer ... --shard 1/2   (two processes, disjoint pairs)
   irt4-infer --backend aoti --engine engine/ --data RadioMapSeer --out out/   (engine of irt4-build-engine)
+  irt4-infer --footprints city.gpkg --sites sites.csv --out coverage/   (the bundled default model)
 
 Outputs: OUT/{map}_{tx}.png (256x256, RadioMapSeer grey encoding), OUT/{map}_{tx}.npy with --save-db
 (pathloss in dB), OUT/preview.png, and with ground truth OUT/metrics.csv + OUT/metrics.json.
+With --footprints: OUT/{site}.tif (float32 path gain in dB, NaN on buildings, in the footprints' metric
+CRS or their UTM zone), OUT/{site}.png, OUT/mosaic_gain.tif and OUT/mosaic_server.tif (best server),
+OUT/sites.json.
 Existing outputs are kept and not sampled again (use --overwrite to redo them).
 Exit codes: 0 success, 2 bad input (the message names the file, pair or option)."""
 
@@ -40,6 +44,22 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--data", type=Path, help="a RadioMapSeer-layout root (ground truth gives metrics)")
     source.add_argument(
         "--maps", type=Path, help="a folder of building maps {map_id}.png (256x256 grey, 255 = building)"
+    )
+    source.add_argument(
+        "--footprints",
+        type=Path,
+        help="building footprints: any vector file GDAL reads (GeoPackage, GeoJSON, Shapefile, ...) or an "
+        "OpenStreetMap extract (.osm, .osm.pbf); needs --sites. Without --checkpoint or --engine the "
+        "bundled default model predicts",
+    )
+    parser.add_argument(
+        "--sites",
+        type=Path,
+        help="with --footprints: CSV site_id,lon,lat (WGS 84) or site_id,x,y (the footprints' CRS); each "
+        "site gets the 256 m window centred on it",
+    )
+    parser.add_argument(
+        "--layer", help="with --footprints: the layer of a multi-layer file (default: the first)"
     )
     parser.add_argument(
         "--tx",
@@ -66,7 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, type=Path, help="output folder (created)")
     parser.add_argument("--batch-size", type=int, default=8, help="maps sampled together (default: 8)")
     parser.add_argument(
-        "--steps", type=int, default=50, help="sampling steps (default: 50; N steps make N + 1 network calls)"
+        "--steps",
+        type=int,
+        help="sampling steps (default: 50; with --footprints the model's own; N steps make N + 1 network "
+        "calls)",
     )
     parser.add_argument(
         "--seed",
@@ -156,7 +179,57 @@ def _source(args, data_cfg, image_size: int):
     return DatasetPairs(dataset)
 
 
+def run_geodata(args) -> int:
+    """--footprints FILE --sites CSV: a GeoTIFF per site and the coverage mosaic."""
+    import irt4
+    from irt4.geo.footprints import read_footprints
+    from irt4.geo.predict import SiteOptions, predict_sites
+    from irt4.geo.sites import read_sites
+
+    if args.sites is None:
+        raise InputError("--footprints needs --sites CSV (site_id,lon,lat or site_id,x,y)")
+    if args.data is not None or args.maps is not None:
+        raise InputError("give one input: --footprints, --data or --maps")
+    if args.batch_size < 1 or (args.steps is not None and args.steps < 1):
+        raise InputError("--batch-size and --steps must be at least 1")
+    footprints = read_footprints(args.footprints, layer=args.layer)
+    sites = read_sites(args.sites, footprints.file_crs, footprints.crs)
+    if args.backend in ("onnxruntime", "tensorrt", "aoti"):
+        if args.engine is None:
+            raise InputError(
+                f"--backend {args.backend} needs --engine ENGINE_DIR (made by irt4-build-engine)"
+            )
+        model = irt4.load(args.engine, backend=args.backend)
+    else:
+        model = irt4.load(args.checkpoint, device=args.device, backend=args.backend, precision=args.precision)
+    args.steps = args.steps or model.cfg.diffusion.sampling_steps
+    print(
+        f"irt4-infer: {len(sites)} sites over {len(footprints.polygons)} footprints of {args.footprints} "
+        f"({footprints.crs.name}), model {model.cfg.name} from {model.source} ({model.kind}), "
+        f"{args.steps} steps"
+    )
+    options = SiteOptions(
+        out=args.out,
+        steps=args.steps,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    summary = predict_sites(model, footprints, sites, options)
+    print(
+        f"wrote {summary['predicted']} site maps ({summary['kept']} already there), mosaic_gain.tif and "
+        f"mosaic_server.tif to {args.out}/"
+    )
+    return 0
+
+
 def run(args) -> int:
+    if args.footprints is not None or args.sites is not None:
+        if args.footprints is None:
+            raise InputError("--sites goes with --footprints FILE")
+        return run_geodata(args)
+    args.steps = 50 if args.steps is None else args.steps
     from irt4.infer import ENGINE_BACKENDS, InferenceOptions, parse_shard, run_inference, write_metrics
     from irt4.metrics import format_table
     from irt4.models.bundle import checkpoint_kind, load_model

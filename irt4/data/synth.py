@@ -71,6 +71,7 @@ SIMULATION = "IRT4"  # the gain/ subfolder the maps go to
 METADATA = "irt4-synth.json"
 FORMAT_VERSION = 2  # 2: styles, materials and footprints/ (roots of version 1 read as style "boxes")
 BOXES = "boxes"  # the first generator's style: irt4.data.city.random_city, concrete boxes
+FOOTPRINTS = "footprints"  # windows of a user's footprints file (irt4.geo.own_city), not drawn
 PARTIAL = ".partial"  # per-map scratch folder under ROOT; renamed into place when the map is done
 HEIGHT_JITTER = (0.5, 1.5)  # --height-jitter: each box's height x U(0.5, 1.5)
 
@@ -365,10 +366,12 @@ def generate_map(
     seed: int,
     threads: int | None = None,
     keep_kernels: bool = True,
+    cities=None,
 ) -> tuple[float, float]:
-    """Trace and write one map; returns its (wall, CPU) seconds (CPU: all threads of this process)."""
+    """Trace and write one map; returns its (wall, CPU) seconds (CPU: all threads of this process).
+    cities: what makes map m's City, called as make_city is (default: make_city, procedural)."""
     start, start_cpu = time.perf_counter(), time.process_time()
-    city = make_city(settings, seed, map_id)
+    city = (cities or make_city)(settings, seed, map_id)
     grey, gain_db = trace_map(city, settings, threads, keep_kernels)
     write_map(root, map_id, city, grey, gain_db)
     return time.perf_counter() - start, time.process_time() - start_cpu
@@ -413,15 +416,16 @@ def merge_roots(sources: list[Path], root: Path) -> dict:
     files are staged under ROOT/.partial and renamed into place, as synth writes them."""
     metadata = [read_metadata(source) for source in sources]
     for source, other in zip(sources[1:], metadata[1:]):
-        for key in ("seed", "settings"):
-            if other[key] != metadata[0][key]:
+        for key in ("seed", "settings", FOOTPRINTS):
+            if other.get(key) != metadata[0].get(key):
                 raise InputError(
-                    f"{source} was generated with {key} {other[key]}, {sources[0]} with {metadata[0][key]}: "
+                    f"{source} was generated with {key} {other.get(key)}, {sources[0]} with "
+                    f"{metadata[0].get(key)}: "
                     "only shards of one data set can be merged"
                 )
     settings = settings_from_metadata(metadata[0])
     if (root / METADATA).is_file():
-        check_metadata(root, settings, metadata[0]["seed"])
+        check_metadata(root, settings, metadata[0]["seed"], metadata[0].get(FOOTPRINTS))
     else:
         root.mkdir(parents=True, exist_ok=True)
         (root / METADATA).write_text(json.dumps(metadata[0], indent=2) + "\n")
@@ -454,20 +458,23 @@ def merge_roots(sources: list[Path], root: Path) -> dict:
     return {"copied": copied, "already_there": same, "maps": len(finished_maps(root, settings))}
 
 
-def check_metadata(root: Path, settings: SynthSettings, seed: int) -> None:
-    """Write ROOT/irt4-synth.json, or check that an existing root was made with the same settings: one
-    root never mixes maps of different settings."""
+def check_metadata(root: Path, settings: SynthSettings, seed: int, footprints: dict | None = None) -> None:
+    """Write ROOT/irt4-synth.json, or check that an existing root was made with the same settings (and,
+    for maps of a footprints file, the same file and sites): one root never mixes maps of different
+    settings."""
     from irt4 import __version__
     from irt4.data.raytrace import find_libllvm, sionna_versions
 
     path = root / METADATA
     wanted = {"seed": seed, "settings": json.loads(json.dumps(asdict(settings)))}
+    if footprints is not None:
+        wanted[FOOTPRINTS] = footprints
     if path.is_file():
         have = read_metadata(root)
-        for key in ("seed", "settings"):
-            if have.get(key) != wanted[key]:
+        for key in ("seed", "settings", FOOTPRINTS):
+            if have.get(key) != wanted.get(key):
                 raise InputError(
-                    f"{root} was generated with {key} {have.get(key)}, not {wanted[key]}: resume with "
+                    f"{root} was generated with {key} {have.get(key)}, not {wanted.get(key)}: resume with "
                     "the same settings or use another --out"
                 )
         return
@@ -481,7 +488,7 @@ def check_metadata(root: Path, settings: SynthSettings, seed: int) -> None:
         "order, lit region), no refraction, no diffuse reflection; power summed incoherently over paths",
         "materials": {
             "buildings": "ITU concrete, 0.2 m"
-            if settings.style == BOXES
+            if settings.style in (BOXES, FOOTPRINTS)
             else f"one ITU material per building ({', '.join(BUILDING_MATERIALS)}), walls and roof, 0.2 m",
             "ground": "ITU medium_dry_ground",
         },
@@ -503,22 +510,25 @@ def generate(
     seed: int,
     workers: int = 1,
     progress: bool = True,
+    cities=None,
+    footprints: dict | None = None,
 ) -> dict:
-    """Generate the maps of map_ids not finished yet under root; returns counts and timings."""
+    """Generate the maps of map_ids not finished yet under root; returns counts and timings. cities and
+    footprints: the maker of each map's City and the footprints record of a user's city
+    (irt4.geo.own_city); default the procedural styles."""
     from tqdm import tqdm
 
     from irt4.data.raytrace import require_backend
 
     require_backend()
-    check_metadata(root, settings, seed)
-    footprints = settings.style != BOXES
-    todo = [m for m in map_ids if not is_finished(root, m, settings.tx_per_map, footprints)]
+    check_metadata(root, settings, seed, footprints)
+    todo = [m for m in map_ids if not is_finished(root, m, settings.tx_per_map, settings.style != BOXES)]
     seconds: list[tuple[float, float]] = []  # (wall, CPU) per map
     start = time.perf_counter()
     bar = tqdm(total=len(todo), unit="map", disable=not progress, desc="ray tracing")
     if workers == 1:
         for map_id in todo:
-            seconds.append(generate_map(root, map_id, settings, seed))
+            seconds.append(generate_map(root, map_id, settings, seed, cities=cities))
             bar.update()
     else:
         import multiprocessing as mp
@@ -528,7 +538,9 @@ def generate(
         threads = max(1, (os.cpu_count() or 1) // workers)
         context = mp.get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init) as pool:
-            futures = [pool.submit(generate_map, root, m, settings, seed, threads) for m in todo]
+            futures = [
+                pool.submit(generate_map, root, m, settings, seed, threads, True, cities) for m in todo
+            ]
             for future in as_completed(futures):
                 seconds.append(future.result())
                 bar.update()
@@ -561,7 +573,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = SynthSettings()
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--out", type=Path, required=True, metavar="ROOT", help="the root to write (created)")
-    parser.add_argument("--maps", type=_positive(int), required=True, metavar="N", help="number of maps")
+    parser.add_argument(
+        "--maps", type=_positive(int), metavar="N", help="number of maps (with --sites: default one per site)"
+    )
     parser.add_argument(
         "--start-id",
         type=int,
@@ -661,6 +675,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="path buffer slots per receiver; the buffer overflows silently when too small "
         "(default: %(default)s)",
     )
+    own = parser.add_argument_group(
+        "your own city (instead of --style): windows of a footprints file, in the same layout and physics"
+    )
+    own.add_argument(
+        "--footprints",
+        type=Path,
+        metavar="FILE",
+        help="building footprints: a vector file GDAL reads or an OpenStreetMap extract (.osm, .osm.pbf); "
+        "map m is a 256 m window of it, random (seeded by seed and m) unless --sites",
+    )
+    own.add_argument(
+        "--sites",
+        type=Path,
+        metavar="CSV",
+        help="with --footprints: site_id,lon,lat or site_id,x,y; map m is site m's window with the site as "
+        "its one transmitter (--tx-per-map does not apply)",
+    )
+    own.add_argument(
+        "--layer", help="with --footprints: the layer of a multi-layer file (default: the first)"
+    )
+    own.add_argument(
+        "--height-attribute",
+        metavar="NAME",
+        help="with --footprints: the attribute holding building heights in m (default: 'height' where it "
+        "exists; OpenStreetMap: height, else building:levels x 3 m); missing heights take --building-height",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -681,8 +721,16 @@ def shard_ids(map_ids: list[int], shard: tuple[int, int]) -> list[int]:
 
 
 def settings_from_args(args: argparse.Namespace) -> SynthSettings:
-    if args.style != BOXES:
-        parse_style_mix(args.style)  # an InputError naming the bad part
+    own_city = getattr(args, "footprints", None) is not None
+    if own_city and args.style not in (SynthSettings.style, FOOTPRINTS):
+        raise InputError(
+            f"--footprints and --style {args.style}: a map is either drawn or of your footprints"
+        )
+    if getattr(args, "sites", None) is not None and not own_city:
+        raise InputError("--sites goes with --footprints FILE")
+    style = FOOTPRINTS if own_city else args.style
+    if style not in (BOXES, FOOTPRINTS):
+        parse_style_mix(style)  # an InputError naming the bad part
     lo, hi = args.gain_db_range
     if not lo < hi:
         raise InputError(f"--gain-db-range: LO {lo:g} must be below HI {hi:g}")
@@ -695,11 +743,11 @@ def settings_from_args(args: argparse.Namespace) -> SynthSettings:
     if args.tx_per_map > 80:
         raise InputError(f"--tx-per-map {args.tx_per_map}: at most 80 (RadioMapSeer's count)")
     return SynthSettings(
-        style=args.style,
+        style=style,
         grid=args.grid,
         max_depth=args.max_depth,
         samples_per_src=args.samples_per_src,
-        tx_per_map=args.tx_per_map,
+        tx_per_map=1 if getattr(args, "sites", None) is not None else args.tx_per_map,
         frequency=args.frequency,
         building_height=args.building_height,
         height_jitter=args.height_jitter,
@@ -712,9 +760,28 @@ def settings_from_args(args: argparse.Namespace) -> SynthSettings:
 def run(args: argparse.Namespace) -> int:
     """`irt4-data synth`: generate, then print seconds per map."""
     settings = settings_from_args(args)
-    map_ids = shard_ids(list(range(args.start_id, args.start_id + args.maps)), args.shard)
+    cities = record = None
+    maps = args.maps
+    if settings.style == FOOTPRINTS:
+        cities, record, site_count = own_city_maps(args)
+        if site_count is not None:
+            maps = maps or site_count - args.start_id
+            if args.start_id + maps > site_count:
+                raise InputError(
+                    f"--start-id {args.start_id} --maps {maps}: {args.sites} has {site_count} sites"
+                )
+    if maps is None:
+        raise InputError("--maps N is needed (the number of maps to generate)")
+    map_ids = shard_ids(list(range(args.start_id, args.start_id + maps)), args.shard)
     report = generate(
-        args.out, map_ids, settings, args.seed, workers=args.workers, progress=not args.no_progress
+        args.out,
+        map_ids,
+        settings,
+        args.seed,
+        workers=args.workers,
+        progress=not args.no_progress,
+        cities=cities,
+        footprints=record,
     )
     done = report["generated"]
     line = f"{args.out}: {done} maps generated, {report['skipped']} already there"
@@ -726,3 +793,15 @@ def run(args: argparse.Namespace) -> int:
         )
     print(line)
     return 0
+
+
+def own_city_maps(args: argparse.Namespace):
+    """(the City maker, the root's footprints record, the number of sites or None) of --footprints."""
+    from irt4.geo.footprints import read_footprints
+    from irt4.geo.own_city import FootprintCities
+    from irt4.geo.sites import read_sites
+
+    footprints = read_footprints(args.footprints, args.height_attribute, args.layer)
+    sites = None if args.sites is None else read_sites(args.sites, footprints.file_crs, footprints.crs)
+    cities = FootprintCities(footprints, sites)
+    return cities, cities.describe(args.sites), None if sites is None else len(sites)

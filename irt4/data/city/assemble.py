@@ -25,8 +25,9 @@ OVERLAP_TOLERANCE = 1e-4  # m^2: more than rounding can make; a building overlap
 Building = tuple[shapely.Polygon, float, str]  # footprint, height (m), material
 
 
-def assemble(buildings: list[Building], style: str, size: int = 256) -> CityLayout:
-    """The layout of the candidate buildings, earlier ones first when two overlap."""
+def assemble(buildings: list[Building], style: str, size: int = 256, clear_room: bool = True) -> CityLayout:
+    """The layout of the candidate buildings, earlier ones first when two overlap. clear_room=False
+    keeps every building (real footprints: the transmitters go where there is room, not the reverse)."""
     parts = [
         (part, height, material) for polygon, height, material in buildings for part in clip(polygon, size)
     ]
@@ -40,7 +41,7 @@ def assemble(buildings: list[Building], style: str, size: int = 256) -> CityLayo
         materials=[material for (_, _, material), k in zip(parts, keep) if k],
         style=style,
     )
-    return with_transmitter_room(layout, size)
+    return with_transmitter_room(layout, size) if clear_room else layout
 
 
 def clip(polygon: shapely.Polygon, size: int) -> list[shapely.Polygon]:
