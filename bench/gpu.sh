@@ -133,7 +133,7 @@ prepare() {
 
 gpu_tests() {
     # tests/conftest.py defaults TRITON_INTERPRET to 1 (for CPU runs); here the kernels run compiled.
-    # No -x: every failure is worth seeing from a scarce GPU session
+    # No -x: on a GPU run every failure is worth seeing
     step gpu-tests "${GPU_TESTS_LIMIT:-240}" env TRITON_INTERPRET=0 "$PY" -m pytest -m "${GPU_TEST_MARKERS:-gpu}" \
         -q -p no:cacheprovider -rfE tests
 }
