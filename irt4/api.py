@@ -49,7 +49,7 @@ class Model:
         tx: (row, col) for one map, or (B, 2). steps: sampling steps (default: the model's; unused by a
         regressor). seed: the sampler noise of map b comes from (seed, b), or from (seed, noise_ids[b]) where
         given, so that a map keeps its noise whichever call it is predicted in."""
-        from irt4.infer import Pair, pair_noise
+        from irt4.infer import Pair, sample_batch
 
         maps, rows_cols, single = _check_inputs(buildings, tx)
         steps = steps or self.cfg.diffusion.sampling_steps
@@ -65,8 +65,7 @@ class Model:
         for start in range(0, len(conds), batch_size):
             cond = torch.stack(conds[start : start + batch_size])
             pairs = [Pair(ids[start + i], 0) for i in range(len(cond))]
-            noise = None if self.kind == "regressor" else pair_noise(self.sampler, pairs, steps, seed)
-            grey.append(self.sampler(cond, noise).numpy())
+            grey.append(sample_batch(self.sampler, cond, pairs, steps, seed).numpy())
         low, high = self.cfg.data.gain_db_range
         gain = (low + (high - low) * np.concatenate(grey)).astype(np.float32)
         gain[maps > 0] = np.nan

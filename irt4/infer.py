@@ -224,6 +224,14 @@ def pair_noise(model, pairs: list[Pair], steps: int, seed: int) -> SamplerNoise:
     return SamplerNoise(torch.cat([d.initial for d in draws]), torch.cat([d.steps for d in draws], dim=1))
 
 
+def sample_batch(sampler, cond: torch.Tensor, pairs: list[Pair], steps: int, seed: int) -> torch.Tensor:
+    """(B, 1, 256, 256) maps in [0, 1] of one batch of conditions, each pair with its own noise
+    (pair_noise; a regressor takes none): the one sampling step of irt4-infer, the demo and irt4.load's
+    Model.predict."""
+    noise = None if sampler.latent_shape is None else pair_noise(sampler, pairs, steps, seed)
+    return sampler(cond, noise)
+
+
 def _batches(items: list[int], size: int) -> Iterator[list[int]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -359,10 +367,8 @@ def run_inference(model, source, options: InferenceOptions) -> InferenceResult:
         inputs = [source.load(i) for i in batch]
         pairs = [source.pairs[i] for i in batch]
         start = time.perf_counter()
-        noise = (
-            None if sampler.latent_shape is None else pair_noise(sampler, pairs, options.steps, options.seed)
-        )
-        maps = sampler(torch.stack([x.cond for x in inputs]), noise)
+        cond = torch.stack([x.cond for x in inputs])
+        maps = sample_batch(sampler, cond, pairs, options.steps, options.seed)
         if options.zero_buildings:
             maps = zero_building_pixels(maps, torch.stack([x.buildings for x in inputs]))
         result.seconds += time.perf_counter() - start
