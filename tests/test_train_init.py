@@ -126,3 +126,28 @@ def test_ldm_init_from_switches_to_the_tx_field_as_the_same_function_and_not_bac
     argv = ["ldm", *common(committed_dataset), "--out", str(tmp_path / "back"), "--steps", "1"]
     assert main([*argv, "--init-from", str(run / "last.pt")]) == 2
     assert "lacks ['log_distance']" in capsys.readouterr().err
+
+
+def test_ldm_init_from_adds_physics_channels_as_the_same_function(trained, committed_dataset, tmp_path):
+    """More channels than the trained model read: the Swin's input conv and the (cars) condition
+    adapter's output rows grow, the new channels' weights start at zero, the function is unchanged."""
+    bundle, _ = load_model(trained / "ldm.safetensors")
+    channels = ("buildings", "transmitter", "buildings", "los", "free_space", "walls")
+    run = tmp_path / "physics"
+    argv = ["ldm", *common(committed_dataset), "--out", str(run), "--steps", "1", "--sample-steps", "1"]
+    argv += ["--init-from", str(trained / "ldm.safetensors"), "--set", "trainer.lr=1e-7"]
+    assert main([*argv, "--set", f"data.condition=[{', '.join(channels)}]"]) == 0
+    grown, _ = load_model(run / "last.pt", use_ema=False)
+    assert grown.cfg.data.condition == channels
+    adapter = grown.get_parameter("unet.cond_adapter.weight")
+    assert adapter.shape[0] == len(channels) and adapter[3:].abs().max() < 1e-5
+    for buffer_name, buffer in bundle.named_buffers():
+        grown.get_buffer(buffer_name).copy_(buffer)
+    old = RadioMapSeer(committed_dataset, split="all", image_size=bundle.cfg.image_size)[0]["cond"]
+    new = RadioMapSeer(committed_dataset, split="all", image_size=bundle.cfg.image_size, condition=channels)
+    torch.manual_seed(0)
+    x, t = torch.randn(1, *bundle.latent_shape), torch.tensor([0.9])
+    with torch.no_grad():
+        before, after = bundle.float().unet(x, t, old[None]), grown.unet(x, t, new[0]["cond"][None])
+    for a, b in zip(before, after):
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-3)

@@ -286,6 +286,12 @@ def init_from_trained(stage: LDMStage | BaselineStage, path: Path) -> None:
         theirs[name] = adapted_input_weight(
             theirs[name], trained.cfg.data.condition, stage.cfg.data.condition, path
         )
+        if isinstance(stage, LDMStage) and "unet.cond_adapter.weight" in theirs:
+            # the adapter of 5-channel (cars) inputs writes the condition's channels: its output rows
+            for key in ("unet.cond_adapter.weight", "unet.cond_adapter.bias"):
+                theirs[key] = adapted_output_rows(
+                    theirs[key], trained.cfg.data.condition, stage.cfg.data.condition
+                )
         log.info(
             "--init-from: condition %s -> %s (%s; new channels start at 0)",
             list(trained.cfg.data.condition),
@@ -324,6 +330,16 @@ def load_prior(stage: LDMStage, path: Path) -> None:
     prior.load_state_dict(regressor.state_dict())
     prior.requires_grad_(False)
     log.info("--prior: the frozen regressor of %s (%s weights)", path, info.get("weights", "?"))
+
+
+def adapted_output_rows(tensor: torch.Tensor, theirs: tuple[str, ...], ours: tuple[str, ...]) -> torch.Tensor:
+    """A layer's weight or bias whose output rows are the condition's channels, for the condition `ours`:
+    each of our channels takes the row of their first channel of the same name, new channels zero."""
+    adapted = tensor.new_zeros(len(ours), *tensor.shape[1:])
+    for k, channel in enumerate(ours):
+        if channel in theirs:
+            adapted[k] = tensor[theirs.index(channel)]
+    return adapted
 
 
 def adapted_input_weight(
