@@ -7,6 +7,7 @@ gain range, and raw SSIM; per city style where the root has footprints files.
 
   python -m bench.floors                                         # the shipped model, city-val and city-ood
   python -m bench.floors --model RUN/last.pt --root datasets/city-ood --pairs 24
+  python -m bench.floors --vae VAE_RUN/last.pt          # a retrained VAE at the shipped model's resolution
 
 Writes <out>/<date>-floors.json and .md (default out: bench/results/floors) and prints the table.
 """
@@ -68,7 +69,8 @@ def measure_root(model, root: Path, pairs: int) -> list[dict]:
 def markdown(results: dict) -> str:
     lines = [
         f"Floors under a latent diffusion model's error, {results['date']}, model {results['model']} "
-        f"({results['image_size']} px), 8-bit maps at 256 x 256, RMSE over all pixels in dB / raw SSIM",
+        f"({results['image_size']} px, VAE of {results.get('vae', results['model'])}), 8-bit maps at "
+        "256 x 256, RMSE over all pixels in dB / raw SSIM",
         "",
         "| root / style | pairs | resize to the model's size and back | VAE encode + decode |",
         "| --- | --- | --- | --- |",
@@ -100,6 +102,12 @@ def main(argv: list[str] | None = None) -> int:
         "one)",
     )
     parser.add_argument(
+        "--vae",
+        type=Path,
+        help="measure this VAE instead of the model's: an `irt4-train vae` checkpoint or a diffusion bundle "
+        "with the model's VAE config",
+    )
+    parser.add_argument(
         "--root",
         type=Path,
         action="append",
@@ -112,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     model, _ = load_model(args.model)
+    if args.vae is not None:
+        from irt4.train.stages import trained_vae_weights
+
+        model.vae.load_state_dict(trained_vae_weights(args.vae, model.cfg, "--vae"))
     roots = args.root or [root for root in DEFAULT_ROOTS if root.is_dir()]
     if not roots:
         parser.error("no --root given and no datasets/city-val or datasets/city-ood here")
@@ -119,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": dt.datetime.now().isoformat(timespec="seconds"),
         "machine": platform.processor() or platform.machine(),
         "model": str(args.model),
+        "vae": str(args.vae or args.model),
         "image_size": model.cfg.image_size,
         "roots": {str(root): measure_root(model, root, args.pairs) for root in roots},
     }

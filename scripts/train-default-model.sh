@@ -27,6 +27,9 @@
 # so their budgets stay equal). INIT_FROM=DIR (e.g. irt4/assets) continues the shipped models instead
 # of starting from scratch: no VAE stage, the LDM starts from DIR/default-small.safetensors and the
 # baseline from DIR/baseline-small.safetensors (`irt4-train --init-from`), both for LDM_SECONDS.
+# With INIT_FROM, RETRAIN_VAE=1 continues DIR's VAE on DATA for VAE_SECONDS first, and the LDM continues
+# DIR's UNet on that VAE's latents (`irt4-train ldm --init-from ... --vae`); the baseline gets
+# VAE_SECONDS + LDM_SECONDS as without INIT_FROM.
 # On the 2-core CPU machine: DEVICE=cpu WORKERS=0 OMP_NUM_THREADS=1 (the two runs side by side, one core
 # each; irt4/assets/README.md, phase 2).
 set -u
@@ -44,16 +47,20 @@ PRIOR=${PRIOR:-0}
 EXTRA_SECONDS=${EXTRA_SECONDS:-0}
 RESUME=${RESUME:-0}
 INIT_FROM=${INIT_FROM:-}
+RETRAIN_VAE=${RETRAIN_VAE:-0}
 if [ -n "$INIT_FROM" ]; then
-    VAE_SECONDS=0 # the VAE comes with the model it continues
+    [ "$RETRAIN_VAE" = 1 ] || VAE_SECONDS=0 # the VAE comes with the model it continues
     # a continuation starts a fresh Adam: without a warm-up its first steps undo part of the previous
     # phase (in both LDM runs of phase 4 the C loss tripled over the first 25 steps)
     WARMUP=(--set trainer.warmup_steps=50)
     LDM_START=(--init-from "$INIT_FROM/default-small.safetensors" "${WARMUP[@]}")
     BASELINE_START=(--init-from "$INIT_FROM/baseline-small.safetensors" "${WARMUP[@]}")
+    VAE_START=(--init-from "$INIT_FROM/default-small.safetensors" --set vae_trainer.warmup_steps=50)
+    [ "$RETRAIN_VAE" = 1 ] && LDM_START+=(--vae "$RUN/vae/last.pt")
 else
     LDM_START=(--vae "$RUN/vae/last.pt")
     BASELINE_START=()
+    VAE_START=()
 fi
 STEPS=1000000 # the time budget ends each run; the step count only has to be out of reach
 mkdir -p "$RUN"
@@ -81,9 +88,9 @@ diffusion() {
         if [ "$name" = ldm ]; then ldm ldm --resume ${LDM_ARGS:-}; else ldm "$name" --resume; fi
         return
     fi
-    if [ -z "$INIT_FROM" ]; then
+    if [ -z "$INIT_FROM" ] || [ "$RETRAIN_VAE" = 1 ]; then
         "$PY" -m irt4.cli.train vae "${COMMON[@]}" --out "$RUN/vae" --time-budget "$VAE_SECONDS" \
-            --set vae_trainer.batch_size=16 --set vae_trainer.save_every=500 || return 1
+            --set vae_trainer.batch_size=16 --set vae_trainer.save_every=500 "${VAE_START[@]}" || return 1
     fi
     if [ "$PRIOR" = 1 ]; then # the LDM reads the finished regressor
         while [ ! -e "$RUN/baseline.done" ]; do sleep 5; done

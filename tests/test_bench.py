@@ -207,6 +207,27 @@ def test_floors_bench_scores_resize_and_vae_per_style(committed_dataset, tmp_pat
     assert f"| {committed_dataset} / all | 3 |" in table
 
 
+def test_floors_bench_measures_another_vae_in_the_models_place(committed_dataset, tmp_path):
+    """--vae: the same pairs through another VAE of the model's VAE config (here the shipped model's,
+    perturbed, in a bundle made by the test); the resize floor is the model's and does not change."""
+    from bench import floors
+    from irt4.models.bundle import load_model, save_bundle
+
+    model, _ = load_model(Path("irt4/assets/default-small.safetensors"))
+    torch.manual_seed(0)
+    for value in model.vae.parameters():
+        value.data.add_(0.05 * value.data.std() * torch.randn_like(value))
+    vae = tmp_path / "other.safetensors"
+    save_bundle(vae, model)
+    argv = ["--root", str(committed_dataset), "--pairs", "2"]
+    assert floors.main([*argv, "--out", str(tmp_path / "own")]) == 0
+    assert floors.main([*argv, "--out", str(tmp_path / "other"), "--vae", str(vae)]) == 0
+    (own,), (other,) = (tmp_path / "own").glob("*.json"), (tmp_path / "other").glob("*.json")
+    own, other = (json.loads(p.read_text())["roots"][str(committed_dataset)] for p in (own, other))
+    assert [r["resize_rmse_db"] for r in own] == [r["resize_rmse_db"] for r in other]
+    assert [r["vae_rmse_db"] for r in own] != [r["vae_rmse_db"] for r in other]
+
+
 def test_ablation_bench_scores_each_model_and_free_space_on_the_same_pairs(committed_dataset, tmp_path):
     from bench import ablation
 

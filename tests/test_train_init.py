@@ -74,7 +74,7 @@ def test_baseline_init_from_a_bundle_starts_from_its_weights(trained, committed_
     "extra, message",
     [
         (["--init-from", "base.safetensors"], "baseline"),  # the other kind of model
-        (["--init-from", "ldm.safetensors", "--vae", "vae/last.pt"], "pass one of them"),
+        (["--init-from", "ldm.safetensors", "--vae", "base.safetensors"], "baseline"),
         (["--init-from", "missing.safetensors"], "missing.safetensors"),
     ],
 )
@@ -85,6 +85,73 @@ def test_ldm_init_from_mistakes_exit_2_naming_the_problem(
     argv = ["ldm", *common(committed_dataset), "--out", str(tmp_path / "run"), "--steps", "1", *extra]
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("source", ["ldm.safetensors", "vae/last.pt"])
+def test_vae_init_from_a_diffusion_bundle_or_a_vae_checkpoint_starts_from_that_vae(
+    trained, committed_dataset, tmp_path, source
+):
+    from irt4.train.stages import trained_vae_weights
+
+    model, _ = load_model(trained / "ldm.safetensors")
+    expected = (
+        {n: v.float() for n, v in model.vae.state_dict().items()}
+        if source.endswith(".safetensors")
+        else read_checkpoint(trained / source)["ema"]
+    )
+    assert trained_vae_weights(trained / source, model.cfg, "--init-from").keys() == expected.keys()
+    run = tmp_path / "vae"
+    argv = ["vae", *common(committed_dataset), "--out", str(run), "--init-from", str(trained / source)]
+    assert main([*argv, "--steps", "1", "--set", "vae_trainer.lr=1e-7"]) == 0
+    last = read_checkpoint(run / "last.pt")
+    for name, value in expected.items():
+        if name.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            continue
+        torch.testing.assert_close(last["model"][f"vae.{name}"].float(), value.float(), rtol=0, atol=1e-6)
+    assert json.loads((run / "run.json").read_text())["init_from"] == str(trained / source)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--init-from", "base.safetensors"], "baseline"),
+        (["--init-from", "ldm.safetensors", "--set", "vae.base_channels=64"], "vae.base_channels"),
+        (["--init-from", "missing.pt"], "missing.pt"),
+    ],
+)
+def test_vae_init_from_mistakes_exit_2_naming_the_problem(
+    trained, committed_dataset, tmp_path, capsys, extra, message
+):
+    extra = [str(trained / e) if e.endswith((".safetensors", ".pt")) else e for e in extra]
+    argv = ["vae", *common(committed_dataset), "--out", str(tmp_path / "run"), "--steps", "1", *extra]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_ldm_init_from_with_vae_continues_the_unet_on_the_new_vae_with_its_own_scale(
+    trained, committed_dataset, tmp_path
+):
+    """A retrained VAE under a trained UNet: the UNet comes from --init-from, the VAE from --vae, and the
+    latent scale is measured afresh, as a fresh run on that VAE measures it."""
+    vae2 = tmp_path / "vae2"
+    argv = ["vae", *common(committed_dataset), "--out", str(vae2), "--steps", "1", "--seed", "7"]
+    assert main(argv) == 0
+    new_vae = read_checkpoint(vae2 / "last.pt")["ema"]
+    bundle, _ = load_model(trained / "ldm.safetensors")
+    ldm = ["ldm", *common(committed_dataset), "--steps", "1", "--sample-steps", "1"]
+    ldm += ["--set", "trainer.lr=1e-7"]
+    assert main([*ldm, "--out", str(tmp_path / "fresh"), "--vae", str(vae2 / "last.pt")]) == 0
+    both = [*ldm, "--out", str(tmp_path / "run"), "--vae", str(vae2 / "last.pt")]
+    assert main([*both, "--init-from", str(trained / "ldm.safetensors")]) == 0
+    last = read_checkpoint(tmp_path / "run/last.pt")
+    for name, value in bundle.unet.named_parameters():
+        torch.testing.assert_close(last["model"][f"unet.{name}"], value.float(), rtol=0, atol=1e-6, msg=name)
+    for name, value in new_vae.items():
+        if not name.endswith("num_batches_tracked"):
+            assert torch.equal(last["model"][f"vae.{name}"], value), name
+    fresh = read_checkpoint(tmp_path / "fresh/last.pt")
+    assert float(last["model"]["scale_factor"]) == float(fresh["model"]["scale_factor"])
+    assert float(last["model"]["scale_factor"]) != float(bundle.scale_factor)
 
 
 def test_init_from_a_model_of_another_size_names_the_misfit(trained, committed_dataset, tmp_path, capsys):

@@ -127,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
         "vae", help="train the VAE (the vae_trainer recipe)", description="Train the VAE."
     )
     _add_run_options(vae, "vae")
+    _add_init_option(
+        vae,
+        "the VAE of an `irt4-train vae` checkpoint or the frozen VAE of a diffusion bundle or checkpoint "
+        "(e.g. to continue the shipped VAE on new maps)",
+    )
     ldm = commands.add_parser(
         "ldm",
         help="train the diffusion UNet on a frozen VAE (the trainer recipe)",
@@ -137,9 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--vae",
         type=Path,
         help="checkpoint of an `irt4-train vae` run (e.g. RUN_VAE/last.pt); its EMA weights are used; "
-        "required unless --resume",
+        "required unless --resume or --init-from. With --init-from it replaces that model's VAE (the UNet "
+        "continues on the new VAE's latents, scale_factor measured afresh)",
     )
-    _add_init_option(ldm, "the whole model (VAE, UNet, scale_factor) of a diffusion bundle or checkpoint")
+    _add_init_option(
+        ldm,
+        "the whole model (VAE, UNet, scale_factor) of a diffusion bundle or checkpoint (its UNet only "
+        "with --vae)",
+    )
     ldm.add_argument(
         "--prior",
         type=Path,
@@ -237,6 +247,7 @@ def train(args: argparse.Namespace) -> int:
         init_from_trained,
         load_prior,
         read_vae_weights,
+        trained_vae_weights,
     )
     from irt4.train.trainer import (
         RunOptions,
@@ -288,11 +299,12 @@ def train(args: argparse.Namespace) -> int:
     train_set, sample_set = datasets(cfg, args.data)
     if args.command == "vae":
         stage = VAEStage(cfg, train_set, sample_set)
+        if init_from is not None:
+            stage.vae.load_state_dict(trained_vae_weights(init_from, cfg, "--init-from"))
+            log.info("--init-from: VAE weights from %s", init_from)
     elif args.command == "baseline":
         stage = BaselineStage(cfg, train_set, sample_set)
     else:
-        if init_from is not None and args.vae is not None:
-            raise InputError("--vae and --init-from both give the VAE: pass one of them")
         if resume is None and init_from is None and args.vae is None:
             raise InputError("--vae is required: the checkpoint of an `irt4-train vae` run")
         if resume is not None:  # the checkpoint's VAE, so that --cache-latents encodes with it once
@@ -300,8 +312,14 @@ def train(args: argparse.Namespace) -> int:
         else:
             vae_weights = None if init_from is not None else read_vae_weights(args.vae, cfg)
         stage = LDMStage(cfg, train_set, sample_set, vae_weights, cache_latents=args.cache_latents)
-    if init_from is not None:
+    if init_from is not None and args.command != "vae":
         init_from_trained(stage, init_from)
+        if args.command == "ldm" and args.vae is not None:
+            # a retrained VAE under the trained UNet: its latents have their own scale, measured on the
+            # first batch as in a fresh run, so the UNet sees unit-variance latents as it learned to
+            stage.model.vae.load_state_dict(trained_vae_weights(args.vae, cfg, "--vae"))
+            stage.keep_scale_factor = False
+            log.info("--vae: the VAE of %s replaces the one of --init-from", args.vae)
     prior = getattr(args, "prior", None)
     if prior is not None:
         if resume is not None or init_from is not None:

@@ -93,30 +93,52 @@ class VAEStage:
         return None
 
 
-def read_vae_weights(path: Path, cfg: Config) -> dict[str, torch.Tensor]:
+def read_vae_weights(path: Path, cfg: Config, option: str = "--vae") -> dict[str, torch.Tensor]:
     """The EMA weights of a VAE-stage checkpoint whose VAE config is this run's; InputError otherwise."""
     if not path.is_file():
-        raise InputError(f"--vae {path}: no such file")
+        raise InputError(f"{option} {path}: no such file")
     try:
         checkpoint = read_checkpoint(path)
     except Exception as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(f"--vae {path}: not an irt4-train checkpoint ({first_line})") from None
+        raise InputError(f"{option} {path}: not an irt4-train checkpoint ({first_line})") from None
     if checkpoint.get("stage") != "vae":
         raise InputError(
-            f"--vae {path}: a {checkpoint.get('stage')}-stage checkpoint; it needs one of `irt4-train vae`"
+            f"{option} {path}: a {checkpoint.get('stage')}-stage checkpoint; it needs one of `irt4-train vae`"
         )
     try:
         vae_cfg = config_from_dict(checkpoint["config"]).vae
     except Exception as error:
-        raise InputError(f"--vae {path}: its stored config does not load ({error})") from None
-    for field in dataclasses.fields(vae_cfg):
-        theirs, ours = getattr(vae_cfg, field.name), getattr(cfg.vae, field.name)
-        if theirs != ours:
-            raise InputError(
-                f"--vae {path}: vae.{field.name} is {theirs} there and {ours} in this run's config"
-            )
+        raise InputError(f"{option} {path}: its stored config does not load ({error})") from None
+    _check_vae_config(vae_cfg, cfg, f"{option} {path}")
     return checkpoint["ema"]
+
+
+def _check_vae_config(theirs_cfg, cfg: Config, where: str) -> None:
+    for field in dataclasses.fields(theirs_cfg):
+        theirs, ours = getattr(theirs_cfg, field.name), getattr(cfg.vae, field.name)
+        if theirs != ours:
+            raise InputError(f"{where}: vae.{field.name} is {theirs} there and {ours} in this run's config")
+
+
+def trained_vae_weights(path: Path, cfg: Config, option: str) -> dict[str, torch.Tensor]:
+    """The VAE of a trained model: an `irt4-train vae` checkpoint (its EMA weights), or the frozen VAE
+    of a diffusion bundle or ldm checkpoint. Its VAE config must be this run's; InputError otherwise."""
+    from irt4.models.bundle import load_model
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{option} {path}: no such file")
+    if path.suffix != ".safetensors":
+        try:
+            stage = read_checkpoint(path).get("stage")
+        except Exception:
+            stage = None  # load_model names the problem
+        if stage == "vae":
+            return read_vae_weights(path, cfg, option)
+    trained, _ = load_model(path)  # InputError for a foreign or baseline file
+    _check_vae_config(trained.cfg.vae, cfg, f"{option} {path}")
+    return {name: value.float() for name, value in trained.vae.state_dict().items()}
 
 
 def checkpoint_vae_weights(checkpoint: dict) -> dict[str, torch.Tensor]:
