@@ -68,7 +68,7 @@ if [ -n "$CONDITION" ]; then INPUTS=(--set "data.condition=[$CONDITION]"); else 
 COMMON=(--config small --data "$DATA" --device "$DEVICE" --workers "$WORKERS" --no-tensorboard
     --set data.augment=dihedral "${INPUTS[@]}" --steps "$STEPS")
 if [ "$PRIOR" = 1 ]; then
-    [ -n "$INIT_FROM" ] && { echo "PRIOR=1 starts a fresh diffusion model: not with INIT_FROM" >&2; exit 2; }
+    # with INIT_FROM the continued UNet gains the prior's channel at zero weight (irt4-train ldm --help)
     LDM_START+=(--prior "$RUN/baseline/last.pt")
 fi
 

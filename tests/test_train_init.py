@@ -218,3 +218,56 @@ def test_ldm_init_from_adds_physics_channels_as_the_same_function(trained, commi
         before, after = bundle.float().unet(x, t, old[None]), grown.unet(x, t, new[0]["cond"][None])
     for a, b in zip(before, after):
         torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-3)
+
+
+def test_ldm_init_from_adds_a_regressor_prior_as_the_same_function(
+    trained, committed_dataset, tmp_path, capsys
+):
+    """--init-from a model without a prior, with --prior: the regressor fills the prior slot, its
+    condition channel starts at zero weight, and the model computes what it did; a model that holds a
+    prior keeps it (--prior again is exit 2)."""
+    bundle, _ = load_model(trained / "ldm.safetensors")
+    regressor, _ = load_baseline(trained / "base.safetensors")
+    run = tmp_path / "prior"
+    argv = [
+        "ldm",
+        *common(committed_dataset),
+        "--steps",
+        "1",
+        "--sample-steps",
+        "1",
+        "--set",
+        "trainer.lr=1e-7",
+    ]
+    with_prior = [
+        *argv,
+        "--init-from",
+        str(trained / "ldm.safetensors"),
+        "--prior",
+        str(trained / "base.safetensors"),
+    ]
+    assert main([*with_prior, "--out", str(run)]) == 0
+    grown, _ = load_model(run / "last.pt", use_ema=False)
+    assert grown.cfg.diffusion.prior == "regressor"
+    for name, value in regressor.state_dict().items():
+        assert torch.equal(grown.unet.prior.state_dict()[name], value.float()), name
+    patch = grown.get_parameter("unet.cond_backbone.patch_conv.weight")
+    assert patch.shape[1] == len(bundle.cfg.data.condition) + 1 and patch[:, -1].abs().max() < 1e-5
+    for buffer_name, buffer in bundle.named_buffers():
+        grown.get_buffer(buffer_name).copy_(buffer)
+    cond = RadioMapSeer(committed_dataset, split="all", image_size=bundle.cfg.image_size)[0]["cond"][None]
+    torch.manual_seed(0)
+    x, t = torch.randn(1, *bundle.latent_shape), torch.tensor([0.9])
+    with torch.no_grad():
+        before, after = bundle.float().unet(x, t, cond), grown.unet(x, t, cond)
+    for a, b in zip(before, after):
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-3)
+    again = [*argv, "--out", str(tmp_path / "again"), "--init-from", str(run / "last.pt")]
+    assert main([*again, "--prior", str(trained / "base.safetensors")]) == 2
+    assert "keeps the one it holds" in capsys.readouterr().err
+    assert main(again) == 2
+    assert "--set diffusion.prior=regressor" in capsys.readouterr().err
+    assert main([*again, "--set", "diffusion.prior=regressor"]) == 0  # it keeps its regressor
+    kept, _ = load_model(tmp_path / "again/last.pt", use_ema=False)
+    for name, value in regressor.state_dict().items():
+        assert torch.equal(kept.unet.prior.state_dict()[name], value.float()), name

@@ -156,8 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="REGRESSOR",
         help="a trained regressor (a baseline bundle or checkpoint of `irt4-train baseline`, same "
         "data.condition and image_size): the UNet reads its frozen prediction as one more condition "
-        "channel (sets diffusion.prior=regressor and the baseline section to the regressor's). Fresh runs "
-        "only: a resumed or --init-from run keeps the regressor it holds",
+        "channel (sets diffusion.prior=regressor and the baseline section to the regressor's). A fresh run, "
+        "or --init-from a model without a prior (the new channel starts at zero weight: the model starts as "
+        "the function it was); a resumed run or a model with a prior keeps the regressor it holds",
     )
     ldm.add_argument(
         "--cache-latents",
@@ -312,8 +313,9 @@ def train(args: argparse.Namespace) -> int:
         else:
             vae_weights = None if init_from is not None else read_vae_weights(args.vae, cfg)
         stage = LDMStage(cfg, train_set, sample_set, vae_weights, cache_latents=args.cache_latents)
+    trained_cfg = None
     if init_from is not None and args.command != "vae":
-        init_from_trained(stage, init_from)
+        trained_cfg = init_from_trained(stage, init_from)
         if args.command == "ldm" and args.vae is not None:
             # a retrained VAE under the trained UNet: its latents have their own scale, measured on the
             # first batch as in a fresh run, so the UNet sees unit-variance latents as it learned to
@@ -321,13 +323,14 @@ def train(args: argparse.Namespace) -> int:
             stage.keep_scale_factor = False
             log.info("--vae: the VAE of %s replaces the one of --init-from", args.vae)
     prior = getattr(args, "prior", None)
+    had_prior = trained_cfg is not None and trained_cfg.diffusion.prior == "regressor"
     if prior is not None:
-        if resume is not None or init_from is not None:
-            raise InputError("--prior starts a fresh run: a resumed or --init-from model keeps its regressor")
-        load_prior(stage, prior)
-    elif (
-        args.command == "ldm" and cfg.diffusion.prior == "regressor" and resume is None and init_from is None
-    ):
+        if resume is not None or had_prior:
+            raise InputError(
+                "--prior adds a regressor: a resumed or --init-from model keeps the one it holds"
+            )
+        load_prior(stage, prior)  # with --init-from: its new condition channel starts at zero weight
+    elif args.command == "ldm" and cfg.diffusion.prior == "regressor" and resume is None and not had_prior:
         raise InputError(
             "diffusion.prior=regressor needs --prior REGRESSOR (an `irt4-train baseline` result)"
         )

@@ -287,12 +287,14 @@ class BaselineStage:
         return None
 
 
-def init_from_trained(stage: LDMStage | BaselineStage, path: Path) -> None:
+def init_from_trained(stage: LDMStage | BaselineStage, path: Path) -> Config:
     """Start a fresh run's network from a trained model (`irt4-train --init-from`): a bundle or a
     checkpoint of the same kind, whose weights fit this run's config. The LDM takes the whole model
     (VAE, UNet, scale_factor: the UNet learned that latent scale, so it is kept); the optimizer, the
     schedule and the EMA start fresh, the EMA from these weights. Continues training across sessions
-    where only the shipped bundles survive."""
+    where only the shipped bundles survive. Condition channels (and a regressor prior) this run adds
+    start at zero weight, so the network computes the function it was; a new prior's regressor is
+    left for `load_prior`. Returns the trained model's config."""
     from irt4.baseline.bundle import load_baseline
     from irt4.models.bundle import load_model
 
@@ -302,24 +304,33 @@ def init_from_trained(stage: LDMStage | BaselineStage, path: Path) -> None:
     else:
         trained, _ = load_baseline(path)
     theirs, ours = dict(trained.state_dict()), stage.model.state_dict()
-    if trained.cfg.data.condition != stage.cfg.data.condition:
-        # the conv that reads the condition image
-        name = "unet.cond_backbone.patch_conv.weight" if isinstance(stage, LDMStage) else "encoder.0.0.weight"
-        theirs[name] = adapted_input_weight(
-            theirs[name], trained.cfg.data.condition, stage.cfg.data.condition, path
+    diffusion = isinstance(stage, LDMStage)
+    their_inputs, our_inputs = (
+        _condition_inputs(trained.cfg, diffusion),
+        _condition_inputs(stage.cfg, diffusion),
+    )
+    if PRIOR_INPUT in their_inputs and PRIOR_INPUT not in our_inputs:
+        raise InputError(
+            f"--init-from {path}: the model holds a regressor prior and this run's config has "
+            "diffusion.prior=none; continue it with --set diffusion.prior=regressor (and the regressor's "
+            "baseline section, if it differs from the preset's)"
         )
-        if isinstance(stage, LDMStage) and "unet.cond_adapter.weight" in theirs:
+    if their_inputs != our_inputs:
+        # the conv that reads the condition image
+        name = "unet.cond_backbone.patch_conv.weight" if diffusion else "encoder.0.0.weight"
+        theirs[name] = adapted_input_weight(theirs[name], their_inputs, our_inputs, path)
+        if diffusion and "unet.cond_adapter.weight" in theirs:
             # the adapter of 5-channel (cars) inputs writes the condition's channels: its output rows
             for key in ("unet.cond_adapter.weight", "unet.cond_adapter.bias"):
                 theirs[key] = adapted_output_rows(
                     theirs[key], trained.cfg.data.condition, stage.cfg.data.condition
                 )
         log.info(
-            "--init-from: condition %s -> %s (%s; new channels start at 0)",
-            list(trained.cfg.data.condition),
-            list(stage.cfg.data.condition),
-            name,
+            "--init-from: condition %s -> %s (%s; new channels start at 0)", their_inputs, our_inputs, name
         )
+    if PRIOR_INPUT in our_inputs and PRIOR_INPUT not in their_inputs:
+        # the regressor that fills the new prior slot comes from --prior (load_prior)
+        theirs.update({key: value for key, value in ours.items() if key.startswith("unet.prior.")})
     misfit = sorted(k for k in ours if k not in theirs or theirs[k].shape != ours[k].shape)
     misfit += sorted(set(theirs) - set(ours))
     if misfit:
@@ -331,6 +342,17 @@ def init_from_trained(stage: LDMStage | BaselineStage, path: Path) -> None:
     if isinstance(stage, LDMStage):
         stage.keep_scale_factor = True
     log.info("--init-from: network weights from %s", path)
+    return trained.cfg
+
+
+PRIOR_INPUT = "prior (regressor)"  # the channel diffusion.prior=regressor appends to the condition
+
+
+def _condition_inputs(cfg: Config, diffusion: bool) -> tuple[str, ...]:
+    """The names of the channels the network's first layer reads: data.condition, then (for a
+    diffusion model with diffusion.prior=regressor) the prior's."""
+    prior = (PRIOR_INPUT,) if diffusion and cfg.diffusion.prior == "regressor" else ()
+    return (*cfg.data.condition, *prior)
 
 
 def load_prior(stage: LDMStage, path: Path) -> None:
