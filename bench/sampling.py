@@ -12,6 +12,8 @@ restores the model on the way out, whatever happens in between.
     triton-bf16     + irt4's Triton kernels (GroupNorm+SiLU, attention); on a CPU their references run
     cudagraph-bf16  triton-bf16, the whole loop (condition, 51 calls, updates, decode) in one CUDA graph
     cudagraph-torch-bf16  the same graph of torch-bf16 (PyTorch's kernels: no Triton needed)
+    torch-nhwc-bf16, triton-nhwc-bf16, cudagraph-nhwc-bf16  the NHWC lever on those paths: weights cast
+                    to bf16 once and stored channels_last, the condition channels_last, cudnn.benchmark
     compile         torch.compile of the UNet step and the VAE decode (fp32); compile-bf16 under autocast
     onnxruntime-cpu the three ONNX graphs (irt4.export) in ONNX Runtime's CPU provider, the loop in Python
     engine-aoti     irt4.Engine (the C++ loop) on an AOTInductor package (built by irt4-build-engine
@@ -37,6 +39,7 @@ from irt4.diffusion.sampler import SamplerNoise, draw_sampler_noise, sample_late
 from irt4.diffusion.schedule import sampler_update, sampling_schedule
 from irt4.models.kernel_switch import use_kernels
 from irt4.models.layers import fold_weight_standardization, unfold_weight_standardization
+from irt4.models.precision import inference_weights
 from irt4.models.radiodiff import RadioDiff
 
 
@@ -126,10 +129,27 @@ def reference(ctx: SamplingContext) -> Iterator[Callable]:
         yield _sampler(ctx, ctx.model.unet, ctx.model.decode_latents, recompute=True)
 
 
-def _eager(dtype: torch.dtype, kernels: str):
+@contextlib.contextmanager
+def _layout(ctx: SamplingContext, dtype: torch.dtype, nhwc: bool) -> Iterator[SamplingContext]:
+    """The NHWC lever: weights cast to `dtype` once and stored channels_last, the condition image in
+    channels_last (the convs keep that layout through the network), cuDNN's autotuner on. Without
+    `nhwc`, nothing changes."""
+    if not nhwc:
+        yield ctx
+        return
+    benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = ctx.device.type == "cuda"
+    try:
+        with inference_weights(ctx.model, dtype, channels_last=True):
+            yield dataclasses.replace(ctx, cond=ctx.cond.contiguous(memory_format=torch.channels_last))
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
+
+
+def _eager(dtype: torch.dtype, kernels: str, nhwc: bool = False):
     @contextlib.contextmanager
     def path(ctx: SamplingContext) -> Iterator[Callable]:
-        with _model_state(ctx.model, folded=True, kernels=kernels):
+        with _model_state(ctx.model, folded=True, kernels=kernels), _layout(ctx, dtype, nhwc) as ctx:
             run = _sampler(ctx, ctx.model.unet, ctx.model.decode_latents, recompute=False)
 
             def run_cast():
@@ -141,20 +161,23 @@ def _eager(dtype: torch.dtype, kernels: str):
     return path
 
 
-def _cuda_graph(kernels: str):
+def _cuda_graph(kernels: str, nhwc: bool = False):
     """The bf16 path with `kernels`, the whole loop captured once per batch size and replayed."""
 
     def path(ctx: SamplingContext) -> contextlib.AbstractContextManager:
-        return _captured_loop(ctx, kernels)
+        return _captured_loop(ctx, kernels, nhwc)
 
     return path
 
 
 @contextlib.contextmanager
-def _captured_loop(ctx: SamplingContext, kernels: str) -> Iterator[Callable]:
+def _captured_loop(ctx: SamplingContext, kernels: str, nhwc: bool = False) -> Iterator[Callable]:
     if ctx.device.type != "cuda":
         raise Skip("needs CUDA")
-    with _model_state(ctx.model, folded=True, kernels=kernels):
+    with (
+        _model_state(ctx.model, folded=True, kernels=kernels),
+        _layout(ctx, torch.bfloat16, nhwc) as ctx,
+    ):
         # every tensor the graph reads lives on the device at a fixed address
         static_noise = SamplerNoise(ctx.noise.initial.to(ctx.device), ctx.noise.steps.to(ctx.device))
         run = _sampler(ctx, ctx.model.unet, ctx.model.decode_latents, recompute=False, noise=static_noise)
@@ -319,8 +342,11 @@ PATHS = {
         SamplingPath("torch", torch.float32, _eager(torch.float32, "torch")),
         SamplingPath("torch-bf16", torch.bfloat16, _eager(torch.bfloat16, "torch")),
         SamplingPath("triton-bf16", torch.bfloat16, _eager(torch.bfloat16, "triton")),
+        SamplingPath("torch-nhwc-bf16", torch.bfloat16, _eager(torch.bfloat16, "torch", nhwc=True)),
+        SamplingPath("triton-nhwc-bf16", torch.bfloat16, _eager(torch.bfloat16, "triton", nhwc=True)),
         SamplingPath("cudagraph-bf16", torch.bfloat16, _cuda_graph("triton"), compiles=True),
         SamplingPath("cudagraph-torch-bf16", torch.bfloat16, _cuda_graph("torch"), compiles=True),
+        SamplingPath("cudagraph-nhwc-bf16", torch.bfloat16, _cuda_graph("triton", nhwc=True), compiles=True),
         SamplingPath("compile", torch.float32, _compiled(torch.float32), compiles=True, torch_compile=True),
         SamplingPath(
             "compile-bf16", torch.bfloat16, _compiled(torch.bfloat16), compiles=True, torch_compile=True

@@ -32,7 +32,10 @@ class WeightStandardizedConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.folded_weight is not None:
-            return self._conv_forward(x, self.folded_weight.to(x.dtype), self.bias)
+            weight = self.folded_weight
+            if not torch.is_autocast_enabled(x.device.type):  # under autocast the conv casts both once
+                weight = weight.to(x.dtype)
+            return self._conv_forward(x, weight, self.bias)
         return self._conv_forward(x, self.standardized_weight(x.dtype), self.bias)
 
 
