@@ -450,7 +450,8 @@ def default_paths(device: torch.device, quick: bool, all_paths: bool) -> tuple[l
             [
                 "reference", "cudagraph-torch-bf16", "cudagraph-bf16", "cudagraph-nhwc-bf16",
                 "engine-aoti-graph", "engine-aoti", "torch-bf16", "torch-nhwc-bf16", "triton-bf16",
-                "triton-nhwc-bf16", "torch", "onnxruntime-cpu", "compile-bf16",
+                "triton-nhwc-bf16", "torch", "onnxruntime-cpu", "cudagraph-regional-bf16",
+                "compile-regional-bf16", "compile-bf16",
             ],
             [
                 "reference", "torch-bf16-cached", "cudagraph-bf16-cached", "triton-bf16-cached",

@@ -15,6 +15,8 @@ restores the model on the way out, whatever happens in between.
     torch-nhwc-bf16, triton-nhwc-bf16, cudagraph-nhwc-bf16  the NHWC lever on those paths: weights cast
                     to bf16 once and stored channels_last, the condition channels_last, cudnn.benchmark
     compile         torch.compile of the UNet step and the VAE decode (fp32); compile-bf16 under autocast
+    compile-regional-bf16  torch.compile of the repeated blocks only (irt4.models.regional), bf16 autocast;
+                    cudagraph-regional-bf16 the same blocks inside the whole-loop CUDA graph
     onnxruntime-cpu the three ONNX graphs (irt4.export) in ONNX Runtime's CPU provider, the loop in Python
     engine-aoti     irt4.Engine (the C++ loop) on an AOTInductor package (built by irt4-build-engine
                     --precision bf16 in bench/gpu.sh); engine-aoti-graph with its CUDA graph;
@@ -41,6 +43,7 @@ from irt4.models.kernel_switch import use_kernels
 from irt4.models.layers import fold_weight_standardization, unfold_weight_standardization
 from irt4.models.precision import inference_weights
 from irt4.models.radiodiff import RadioDiff
+from irt4.models.regional import compile_regions, region_recompile_limit, uncompile_regions
 
 
 class Skip(Exception):
@@ -161,22 +164,42 @@ def _eager(dtype: torch.dtype, kernels: str, nhwc: bool = False):
     return path
 
 
-def _cuda_graph(kernels: str, nhwc: bool = False):
-    """The bf16 path with `kernels`, the whole loop captured once per batch size and replayed."""
+def _cuda_graph(kernels: str, nhwc: bool = False, regional: bool = False):
+    """The bf16 path with `kernels`, the whole loop captured once per batch size and replayed; with
+    `regional`, the repeated blocks torch.compiled first (the warm-up call compiles them)."""
 
     def path(ctx: SamplingContext) -> contextlib.AbstractContextManager:
-        return _captured_loop(ctx, kernels, nhwc)
+        return _captured_loop(ctx, kernels, nhwc, regional)
 
     return path
 
 
 @contextlib.contextmanager
-def _captured_loop(ctx: SamplingContext, kernels: str, nhwc: bool = False) -> Iterator[Callable]:
+def _regions(model: RadioDiff, on: bool) -> Iterator[None]:
+    if not on:
+        yield
+        return
+    torch._dynamo.reset()
+    with region_recompile_limit():
+        compile_regions(model.unet, dynamic=False)
+        compile_regions(model.vae, dynamic=False)
+        try:
+            yield
+        finally:
+            uncompile_regions(model)
+            torch._dynamo.reset()
+
+
+@contextlib.contextmanager
+def _captured_loop(
+    ctx: SamplingContext, kernels: str, nhwc: bool = False, regional: bool = False
+) -> Iterator[Callable]:
     if ctx.device.type != "cuda":
         raise Skip("needs CUDA")
     with (
         _model_state(ctx.model, folded=True, kernels=kernels),
         _layout(ctx, torch.bfloat16, nhwc) as ctx,
+        _regions(ctx.model, regional),
     ):
         # every tensor the graph reads lives on the device at a fixed address
         static_noise = SamplerNoise(ctx.noise.initial.to(ctx.device), ctx.noise.steps.to(ctx.device))
@@ -227,6 +250,25 @@ def _compiled(dtype: torch.dtype):
                 yield _sampler(ctx, unet, torch.compile(decode, dynamic=False), recompute=False)
             finally:
                 torch._dynamo.reset()
+
+    return path
+
+
+def _compiled_regions(dtype: torch.dtype):
+    """torch.compile of the repeated blocks (irt4.models.regional) of the UNet and the VAE decoder,
+    each distinct (block, shape) compiled once, the glue eager."""
+
+    @contextlib.contextmanager
+    def path(ctx: SamplingContext) -> Iterator[Callable]:
+        model = ctx.model
+        with _model_state(model, folded=True, kernels="torch"), _regions(model, True):
+            run = _sampler(ctx, model.unet, model.decode_latents, recompute=False)
+
+            def run_cast():
+                with autocast(ctx.device, dtype):
+                    return run()
+
+            yield run_cast
 
     return path
 
@@ -347,9 +389,23 @@ PATHS = {
         SamplingPath("cudagraph-bf16", torch.bfloat16, _cuda_graph("triton"), compiles=True),
         SamplingPath("cudagraph-torch-bf16", torch.bfloat16, _cuda_graph("torch"), compiles=True),
         SamplingPath("cudagraph-nhwc-bf16", torch.bfloat16, _cuda_graph("triton", nhwc=True), compiles=True),
+        SamplingPath(
+            "cudagraph-regional-bf16",
+            torch.bfloat16,
+            _cuda_graph("torch", regional=True),
+            compiles=True,
+            torch_compile=True,
+        ),
         SamplingPath("compile", torch.float32, _compiled(torch.float32), compiles=True, torch_compile=True),
         SamplingPath(
             "compile-bf16", torch.bfloat16, _compiled(torch.bfloat16), compiles=True, torch_compile=True
+        ),
+        SamplingPath(
+            "compile-regional-bf16",
+            torch.bfloat16,
+            _compiled_regions(torch.bfloat16),
+            compiles=True,
+            torch_compile=True,
         ),
         SamplingPath("onnxruntime-cpu", torch.float32, onnxruntime_cpu, cpu_only=True),
         SamplingPath("engine-aoti", torch.bfloat16, _engine("aoti")),

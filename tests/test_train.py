@@ -302,6 +302,35 @@ def test_compile_trains_on_cpu(data_root, tmp_path):
     assert run_json(run)["compile"] is True and read_checkpoint(run / "last.pt")["step"] == 2
 
 
+def test_compile_regions_trains_the_same_steps_as_eager(data_root, vae_run, tmp_path, monkeypatch, caplog):
+    """--compile-regions compiles the UNet's blocks in place (Dynamo's `eager` backend here: the
+    tracing and the wiring are tested, Inductor's code generation is the GPU bench's), and the run
+    takes the steps an uncompiled run takes."""
+    import logging
+
+    from irt4.models import regional
+
+    eager_compile = regional.compile_regions
+    monkeypatch.setattr(regional, "compile_regions", lambda m, **kw: eager_compile(m, backend="eager", **kw))
+    ldm = ["ldm", *common(data_root), "--vae", str(vae_run / "last.pt"), "--steps", "2"]
+    assert main([*ldm, "--out", str(tmp_path / "eager")]) == 0
+    torch._dynamo.reset()
+    with caplog.at_level(logging.INFO):
+        assert main([*ldm, "--out", str(tmp_path / "regions"), "--compile-regions"]) == 0
+    torch._dynamo.reset()
+    assert "--compile-regions:" in caplog.text and "blocks compiled" in caplog.text
+    assert run_json(tmp_path / "regions")["compile_regions"] is True
+    losses = [[r["loss"] for r in metrics(tmp_path / name) if "loss" in r] for name in ("eager", "regions")]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+
+
+@pytest.mark.parametrize("other", ["--compile", "--cuda-graphs"])
+def test_compile_regions_with_another_compiler_is_exit_2(data_root, vae_run, tmp_path, capsys, other):
+    argv = ["ldm", *common(data_root), "--vae", str(vae_run / "last.pt"), "--out", str(tmp_path / "run")]
+    assert main([*argv, "--steps", "1", "--compile-regions", other]) == 2
+    assert "do not combine" in capsys.readouterr().err
+
+
 def _parsers():
     parser = build_parser()
     subparsers = next(a for a in parser._actions if a.dest == "command").choices

@@ -138,6 +138,7 @@ class RunOptions:
     run_dir: Path
     precision: str  # resolved: fp32, bf16 or fp16
     compile: bool = False
+    compile_regions: bool = False  # torch.compile each repeated block (irt4.models.regional), not the net
     cuda_graphs: bool = False  # the trained network's forward and backward replayed from CUDA graphs
     tensorboard: bool = True
     sample_steps: int = 5
@@ -148,6 +149,10 @@ class RunOptions:
 
 def check_run_options(options: RunOptions, env: Distributed, tcfg: TrainerConfig) -> None:
     """InputError for a combination of options that the loop does not run."""
+    if options.compile_regions and options.compile:
+        raise InputError("--compile and --compile-regions do not combine: pass one of them")
+    if options.compile_regions and options.cuda_graphs:
+        raise InputError("--cuda-graphs and --compile-regions do not combine: pass one of them")
     if not options.cuda_graphs:
         return
     if env.device.type != "cuda":
@@ -305,6 +310,12 @@ class Trainer:
         if options.cuda_graphs:
             wrapped = GraphedModule(module)  # one process, not compiled: check_run_options
         self.wrapped = torch.compile(wrapped) if options.compile else wrapped
+        if options.compile_regions:
+            from irt4.models.regional import compile_regions
+
+            # one compiled version per (block, shape, dtype): the UNet has more than Dynamo's default 8
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+            log.info("--compile-regions: %d blocks compiled", compile_regions(module))
         if device.type == "cuda" and options.precision != "fp32":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -395,6 +406,7 @@ class Trainer:
             "world_size": self.env.world_size,
             "precision": self.options.precision,
             "compile": self.options.compile,
+            "compile_regions": self.options.compile_regions,
             "cuda_graphs": self.options.cuda_graphs,
             "device": str(self.env.device),
             "hardware": hardware(),
