@@ -1,7 +1,8 @@
 """Where the time of one UNet step and one VAE decode goes, grouped by what it is spent on.
 
     python -m bench.profile [--preset irt4-radiodiff] [--device cpu|cuda] [--batch N]
-                            [--precision fp32|bf16] [--repeat 3] [--no-fold] [--out bench/results/profile]
+                            [--precision fp32|bf16] [--repeat 3] [--no-fold] [--levers nhwc,triton]
+                            [--out bench/results/profile]
 
 Each network runs under torch.profiler (shapes and FLOPs recorded) after a warm-up, as the sampler
 of irt4-infer runs it (the UNet step with the condition features computed once beforehand and its
@@ -214,24 +215,49 @@ def profile_call(fn, device: torch.device, precision: str, repeat: int) -> dict:
     return {"wall_ms": wall_ms, "operators_ms": busy, "rows": rows}
 
 
+LEVERS = ("nhwc", "triton")
+
+
 def build_calls(
-    preset: str, device: torch.device, batch: int, precision: str = "fp32", fold: bool = True, seed: int = 0
+    preset: str,
+    device: torch.device,
+    batch: int,
+    precision: str = "fp32",
+    fold: bool = True,
+    seed: int = 0,
+    levers: tuple[str, ...] = (),
 ):
-    """(UNet step, VAE decode) closures on random weights and inputs of the preset."""
+    """(UNet step, VAE decode) closures on random weights and inputs of the preset. `levers`: "nhwc"
+    stores the conv and linear weights in the run's precision once, channels_last, and feeds
+    channels_last inputs (irt4.models.precision); "triton" runs irt4's Triton kernels (use_kernels)."""
     from irt4.config import load_config
+    from irt4.models.kernel_switch import use_kernels
     from irt4.models.layers import fold_weight_standardization
+    from irt4.models.precision import inference_weights
     from irt4.models.radiodiff import RadioDiff
 
+    unknown = set(levers) - set(LEVERS)
+    if unknown:
+        raise ValueError(f"unknown levers {sorted(unknown)}; known: {list(LEVERS)}")
     torch.manual_seed(seed)
     cfg = load_config(preset)
     model = RadioDiff(cfg).to(device).eval()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     if fold:
-        fold_weight_standardization(model.unet, torch.bfloat16 if precision == "bf16" else torch.float32)
+        fold_weight_standardization(model.unet, dtype)
+    layout = torch.channels_last if "nhwc" in levers else torch.contiguous_format
+    if "nhwc" in levers:
+        inference_weights(model, dtype, channels_last=True).__enter__()  # for the model's lifetime
+    if "triton" in levers:
+        use_kernels(model, "triton")
     latent = (batch, *model.latent_shape)
     cond = torch.rand(batch, len(cfg.data.condition), cfg.image_size, cfg.image_size, device=device) * 2 - 1
-    x = torch.randn(latent, device=device)
+    cond = cond.contiguous(memory_format=layout)
+    x = torch.randn(latent, device=device).contiguous(memory_format=layout)
     t = torch.full((batch,), 0.5, device=device)
-    with torch.no_grad():
+    with torch.no_grad(), contextlib.ExitStack() as stack:
+        if precision == "bf16":
+            stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16))
         features = model.unet.encode_condition(cond)
 
     def unet_step():
@@ -244,9 +270,11 @@ def build_calls(
 
 
 def markdown(result: dict) -> str:
+    levers = result.get("levers") or []
     lines = [
         f"Profile of {result['preset']}, batch {result['batch']}, {result['precision']}"
-        f"{'' if result.get('fold', True) else ', weight standardization per call'}, "
+        f"{'' if result.get('fold', True) else ', weight standardization per call'}"
+        f"{', levers: ' + ' + '.join(levers) if levers else ''}, "
         f"{result['device_description']}, {result['date']} (`python -m bench.profile`; GB/s estimated)",
     ]
     for name, part in result["networks"].items():
@@ -275,11 +303,19 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def run_profile(preset: str, device: str, batch: int, precision: str, repeat: int, fold: bool = True) -> dict:
+def run_profile(
+    preset: str,
+    device: str,
+    batch: int,
+    precision: str,
+    repeat: int,
+    fold: bool = True,
+    levers: tuple[str, ...] = (),
+) -> dict:
     from bench.kernels import device_description
 
     torch_device = torch.device(device)
-    calls, _ = build_calls(preset, torch_device, batch, precision, fold)
+    calls, _ = build_calls(preset, torch_device, batch, precision, fold, levers=levers)
     result = {
         "date": dt.datetime.now().isoformat(timespec="seconds"),
         "machine": platform.processor(),
@@ -290,6 +326,7 @@ def run_profile(preset: str, device: str, batch: int, precision: str, repeat: in
         "batch": batch,
         "precision": precision,
         "fold": fold,
+        "levers": list(levers),
         "repeat": repeat,
         "networks": {name: profile_call(fn, torch_device, precision, repeat) for name, fn in calls.items()},
     }
@@ -310,12 +347,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-fold", action="store_true", help="standardize the conv weights at every call, as the reference"
     )
+    parser.add_argument(
+        "--levers",
+        default="",
+        help=f"comma-separated speed levers to profile with: {', '.join(LEVERS)} (nhwc: weights cast to the "
+        "precision once and channels_last, channels_last inputs; triton: irt4's Triton kernels)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results/profile"), help="results folder")
     args = parser.parse_args(argv)
+    levers = tuple(lever for lever in args.levers.split(",") if lever)
+    if set(levers) - set(LEVERS):
+        parser.error(f"--levers: unknown {sorted(set(levers) - set(LEVERS))}; known: {', '.join(LEVERS)}")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here")
     batch = args.batch or (32 if args.device == "cuda" else 1)
-    result = run_profile(args.preset, args.device, batch, args.precision, args.repeat, not args.no_fold)
+    fold = not args.no_fold
+    result = run_profile(args.preset, args.device, batch, args.precision, args.repeat, fold, levers)
     from bench.report import write_dated
 
     write_dated(args.out, f"profile-{result['device']}", result, markdown(result))
@@ -323,11 +370,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def newest_tables(folder: Path) -> dict[str, str]:
-    """device -> the markdown table of its newest profile in `folder` (for bench/RESULTS.md)."""
+    """device (with its levers, if any) -> the markdown table of its newest profile in `folder`."""
     newest: dict[str, tuple[str, str]] = {}
     for path in sorted(folder.glob("*-profile-*.json")):
         result = json.loads(path.read_text())
-        device = result.get("device", "?")
+        levers = result.get("levers") or []
+        device = result.get("device", "?") + (f" ({' + '.join(levers)})" if levers else "")
         if device not in newest or result["date"] >= newest[device][0]:
             newest[device] = (result["date"], markdown(result))
     return {device: table for device, (_, table) in newest.items()}

@@ -120,6 +120,11 @@ def device_section(result: dict) -> str:
         from bench.profile import markdown
 
         lines += ["", "### Profile (bench/profile.py)", "", markdown(result["profile"])]
+    if result.get("profile_levers"):
+        from bench.profile import markdown
+
+        title = "### Profile with the levers (bench/profile.py)"
+        lines += ["", title, "", markdown(result["profile_levers"])]
     return "\n".join(lines) + "\n"
 
 

@@ -105,6 +105,7 @@ class Run:
     peak_tflops: dict[str, float] = field(default_factory=dict)  # by dtype
     flops_per_map: dict[str, int] = field(default_factory=dict)
     profile: dict | None = None  # bench/profile.py's result for this run's preset and device
+    profile_levers: dict | None = None  # the same with the speed levers (profile_section)
     regenerate_md: bool = False
 
     @property
@@ -136,6 +137,7 @@ class Run:
             "roofline_tflops": self.roofline_tflops,
             "flops_per_map": self.flops_per_map,
             "profile": self.profile,
+            "profile_levers": self.profile_levers,
             "records": [{"stage": stage, **asdict(r), **self.meta} for stage, r in self.rows],
         }
 
@@ -391,11 +393,17 @@ def run_sections(run: Run, s: Settings, sections: list[str]) -> None:
 
 def profile_section(run: Run, s: Settings) -> None:
     """bench/profile.py at the run's preset and device, at its largest sampling batch, in fp32 (and
-    bf16 on CUDA, the serving precision there); the table goes into RESULTS.md."""
+    bf16 on CUDA, the serving precision there), before and after the levers (channels_last weights
+    cast once; on CUDA also the Triton kernels); both tables go into RESULTS.md."""
     from bench.profile import run_profile
 
     precision = "bf16" if s.device.type == "cuda" else "fp32"
     run.profile = run_profile(s.preset, s.device.type, max(s.batches), precision, repeat=2)
+    run.save()
+    # after: the layout lever (and on CUDA the Triton kernels), at the same preset, batch and precision
+    levers = ("nhwc", "triton") if s.device.type == "cuda" else ("nhwc",)
+    batch = max(s.batches)
+    run.profile_levers = run_profile(s.preset, s.device.type, batch, precision, repeat=2, levers=levers)
     run.save()
 
 
@@ -455,7 +463,7 @@ def default_paths(device: torch.device, quick: bool, all_paths: bool) -> tuple[l
             ],
             [
                 "reference", "torch-bf16-cached", "cudagraph-bf16-cached", "triton-bf16-cached",
-                "torch-cached", "compile-bf16-cached",
+                "torch-cached", "compile-regional-bf16-cached", "compile-bf16-cached",
             ],
         )  # fmt: skip
     sampling_paths = ["reference", "torch", "onnxruntime-cpu", "engine-onnxruntime"]

@@ -6,6 +6,8 @@
     torch-bf16-cached   + bf16 autocast, fused AdamW on CUDA
     triton-bf16-cached  + irt4's Triton kernels
     compile-bf16-cached + torch.compile of the loss (forward and backward), PyTorch ops
+    compile-regional-bf16-cached  torch-bf16-cached with the UNet's repeated blocks compiled one by one
+                        (irt4.models.regional, `irt4-train --compile-regions`)
     cudagraph-bf16-cached torch-bf16-cached with the UNet's forward and backward replayed from CUDA
                         graphs (irt4.train.graphed, `irt4-train --cuda-graphs`; CUDA only): captured
                         on the first step, so it counts as a compiling row
@@ -27,6 +29,7 @@ from irt4.diffusion.ddm import training_loss
 from irt4.models.kernel_switch import use_kernels
 from irt4.models.layers import unfold_weight_standardization
 from irt4.models.radiodiff import RadioDiff
+from irt4.models.regional import compile_regions, uncompile_regions
 from irt4.train.graphed import GraphedModule
 
 
@@ -37,8 +40,9 @@ class TrainingPath:
     cached: bool  # latents from the cached posterior instead of a VAE encode per step
     kernels: str = "torch"
     compiles: bool = False  # a first call that compiles or captures: not timed, the compile cap applies
-    torch_compile: bool = False  # the loss through torch.compile
+    torch_compile: bool = False  # torch.compile in the step (the whole loss, or the blocks if `regional`)
     cuda_graphs: bool = False  # the UNet as irt4.train.graphed.GraphedModule
+    regional: bool = False  # the UNet's repeated blocks through torch.compile (irt4.models.regional)
 
 
 PATHS = {
@@ -50,6 +54,14 @@ PATHS = {
         TrainingPath("triton-bf16-cached", torch.bfloat16, cached=True, kernels="triton"),
         TrainingPath("compile-bf16-cached", torch.bfloat16, cached=True, compiles=True, torch_compile=True),
         TrainingPath("cudagraph-bf16-cached", torch.bfloat16, cached=True, compiles=True, cuda_graphs=True),
+        TrainingPath(
+            "compile-regional-bf16-cached",
+            torch.bfloat16,
+            cached=True,
+            compiles=True,
+            torch_compile=True,
+            regional=True,
+        ),
     )
 }
 
@@ -67,6 +79,7 @@ def training_state(model: RadioDiff) -> Iterator[None]:
         model.unet.eval()
         model.unet.load_state_dict(state)
         use_kernels(model, "torch")
+        uncompile_regions(model)
 
 
 def loss_function(model: RadioDiff, path: TrainingPath, image: torch.Tensor, cond: torch.Tensor) -> Callable:
@@ -81,7 +94,8 @@ def loss_function(model: RadioDiff, path: TrainingPath, image: torch.Tensor, con
         x0 = (mean + std * torch.randn_like(mean)) * model.scale_factor
         return training_loss(unet, x0, cond, model.cfg.diffusion)[0]
 
-    return torch.compile(cached_loss) if path.torch_compile else cached_loss
+    whole = path.torch_compile and not path.regional  # a regional path compiled its blocks already
+    return torch.compile(cached_loss) if whole else cached_loss
 
 
 def training_step(model: RadioDiff, path: TrainingPath, image: torch.Tensor, cond: torch.Tensor) -> Callable:
@@ -89,6 +103,9 @@ def training_step(model: RadioDiff, path: TrainingPath, image: torch.Tensor, con
     if path.cuda_graphs and image.device.type != "cuda":
         raise Skip("needs CUDA")
     use_kernels(model, path.kernels)
+    if path.regional:
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        compile_regions(model.unet, dynamic=False)
     loss_fn = loss_function(model, path, image, cond)
     fused = image.device.type == "cuda" and path.name != "reference"
     optimizer = torch.optim.AdamW(model.unet.parameters(), lr=model.cfg.trainer.lr, fused=fused or None)

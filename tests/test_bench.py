@@ -314,5 +314,38 @@ def test_profile_section_lands_in_the_run_file_and_results_md(tmp_path):
     saved = json.loads(result.path.read_text())
     assert saved["sections"]["profile"]["status"] == "ok"
     assert saved["profile"]["preset"] == "tiny" and "UNet step" in saved["profile"]["networks"]
+    assert saved["profile_levers"]["levers"] == ["nhwc"]  # after: the CPU's lever, same preset and batch
+    assert saved["profile_levers"]["batch"] == saved["profile"]["batch"]
     text = report.regenerate_results_md(tmp_path, tmp_path / "RESULTS.md")
     assert "### Profile (bench/profile.py)" in text and "| convolutions |" in text
+    assert "### Profile with the levers (bench/profile.py)" in text and "levers: nhwc" in text
+
+
+@pytest.mark.parametrize("levers", ["nhwc", "nhwc,triton"])
+def test_profile_with_levers_records_them_and_keeps_the_model_output(tmp_path, levers):
+    """The levers change how the calls run, not what they compute (bf16 tolerance), and name the table."""
+    from bench import profile
+
+    cpu = torch.device("cpu")
+    plain, _ = profile.build_calls("tiny", cpu, 1, "bf16")
+    lever, _ = profile.build_calls("tiny", cpu, 1, "bf16", levers=tuple(levers.split(",")))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for name in plain:
+            a, b = plain[name](), lever[name]()
+            a, b = (a[0], b[0]) if isinstance(a, tuple) else (a, b)
+            assert ((a.float() - b.float()).norm() / a.float().norm()) < 0.03, name
+    argv = ["--preset", "tiny", "--device", "cpu", "--repeat", "1", "--levers", levers]
+    argv += ["--out", str(tmp_path)]
+    assert profile.main(argv) == 0
+    (path,) = tmp_path.glob("*-profile-cpu.json")
+    assert json.loads(path.read_text())["levers"] == levers.split(",")
+    assert f"levers: {levers.replace(',', ' + ')}" in path.with_suffix(".md").read_text()
+    assert list(profile.newest_tables(tmp_path)) == [f"cpu ({levers.replace(',', ' + ')})"]
+
+
+def test_profile_refuses_an_unknown_lever(capsys):
+    from bench import profile
+
+    with pytest.raises(SystemExit):
+        profile.main(["--preset", "tiny", "--device", "cpu", "--levers", "warp-drive"])
+    assert "warp-drive" in capsys.readouterr().err

@@ -63,3 +63,26 @@ def test_compile_regional_bf16_path_matches_the_reference_within_bf16_error():
     bf16 = sampling.output_difference(maps["torch-bf16"], maps["reference"])["rel_err"]
     regional = sampling.output_difference(maps["compile-regional-bf16"], maps["reference"])["rel_err"]
     assert regional <= 2 * bf16 + 1e-3
+
+
+def test_regional_training_path_steps_like_the_eager_one(monkeypatch):
+    """bench/training.py's compile-regional-bf16-cached (Dynamo's eager backend here): its step
+    moves the weights as torch-bf16-cached's does, and the model leaves it uncompiled."""
+    from bench import training
+    from irt4.models import regional
+
+    eager_compile = regional.compile_regions
+    monkeypatch.setattr(training, "compile_regions", lambda m, **kw: eager_compile(m, backend="eager", **kw))
+    torch._dynamo.reset()
+    model = build_model(load_config("tiny"), CPU)
+    image, cond = sampling.inputs(model.cfg, 2, CPU, seed=0)
+    moved = {}
+    for name in ("torch-bf16-cached", "compile-regional-bf16-cached"):
+        torch.manual_seed(0)
+        with training.training_state(model):
+            training.training_step(model, training.PATHS[name], image, cond)()
+            moved[name] = {k: v.clone() for k, v in model.unet.state_dict().items()}
+        assert not _compiled(model)
+    for key, value in moved["torch-bf16-cached"].items():
+        torch.testing.assert_close(moved["compile-regional-bf16-cached"][key], value, rtol=1e-4, atol=1e-5)
+    torch._dynamo.reset()
