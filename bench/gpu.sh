@@ -120,7 +120,7 @@ prepare() {
         local help options=(--checkpoint "$OUT/model/bench-model.safetensors" --out "$OUT/engine")
         help=$(irt4-build-engine --help 2>&1)
         for option in "--device cuda" "--precision bf16" "--min-batch 1" "--opt-batch 8" "--max-batch 32" \
-            "--backends aoti"; do
+            "--backends aoti" "--compile-workers $(nproc)"; do
             grep -q -- "${option% *}" <<<"$help" && options+=($option)
         done
         step build-engine "${ENGINE_LIMIT:-420}" irt4-build-engine "${options[@]}"

@@ -51,7 +51,7 @@ def built(bundle, tmp_path_factory):
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         code = build_main(
-            ["--checkpoint", str(bundle), "--out", str(out), "--device", "cpu"]
+            ["--checkpoint", str(bundle), "--out", str(out), "--device", "cpu", "--compile-workers", "2"]
             + ["--min-batch", str(MIN_BATCH), "--opt-batch", "2", "--max-batch", str(MAX_BATCH)]
         )
     assert code == 0, printed.getvalue()
@@ -91,8 +91,17 @@ def test_build_writes_every_engine_and_a_manifest(built):
             assert (out / relative).is_file()
     assert manifest["scale_factor"] == pytest.approx(0.7)
     assert manifest["device"] == "cpu" and manifest["precision"] == "fp32"
+    build = manifest["aoti_build"]  # the compile-time budget and what each graph took
+    assert build["compile_workers"] == 2 and build["max_autotune"] is False
+    assert set(build["seconds"]) == set(manifest["backends"]["aoti"]) and min(build["seconds"].values()) > 0
     if "tensorrt" in manifest["skipped"]:
         assert "TensorRT engines skipped" in printed
+
+
+def test_build_refuses_zero_compile_workers(bundle, tmp_path, capsys):
+    argv = ["--checkpoint", str(bundle), "--out", str(tmp_path / "e"), "--compile-workers", "0"]
+    assert build_main(argv) == 2
+    assert "--compile-workers must be at least 1" in capsys.readouterr().err
 
 
 @needs_extension

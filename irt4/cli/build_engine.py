@@ -68,6 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="which engines to build (default: all; the ONNX graphs are written for onnxruntime, tensorrt)",
     )
     parser.add_argument(
+        "--compile-workers",
+        type=int,
+        default=None,
+        help="parallel Inductor compile processes of the AOTInductor build (default: every CPU)",
+    )
+    parser.add_argument(
+        "--max-autotune",
+        action="store_true",
+        help="let Inductor benchmark kernel variants for every matmul and conv of the AOTInductor build "
+        "(off by default: it multiplies the build time; each graph's build time is in engine.json)",
+    )
+    parser.add_argument(
         "--ema",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -82,6 +94,8 @@ def run(args) -> int:
 
     if not (args.device == "cpu" or args.device.startswith("cuda")):
         raise InputError(f"--device must be cpu or cuda[:N], got {args.device!r}")
+    if args.compile_workers is not None and args.compile_workers < 1:
+        raise InputError(f"--compile-workers must be at least 1, got {args.compile_workers}")
     opt_batch = args.opt_batch if args.opt_batch is not None else min(max(8, args.min_batch), args.max_batch)
     batch = BatchRange(args.min_batch, opt_batch, args.max_batch)
     batch.check()
@@ -99,6 +113,8 @@ def run(args) -> int:
         device=args.device,
         backends=args.backends,
         checkpoint=args.checkpoint,
+        compile_workers=args.compile_workers,
+        max_autotune=args.max_autotune,
     )
     built = ", ".join(manifest["backends"])
     skipped = "".join(f"; {name} skipped: {reason}" for name, reason in manifest["skipped"].items())

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,9 +111,15 @@ def build_aoti(
     batch: BatchRange,
     device: str,
     log: Callable[[str], None] = print,
+    compile_workers: int | None = None,
+    max_autotune: bool = False,
+    seconds: dict[str, float] | None = None,
 ) -> dict[str, Path]:
     """aoti/{graph}.pt2 for every graph: torch.export with a dynamic batch, then
-    torch._inductor.aoti_compile_and_package. `model` must already be folded and on `device`."""
+    torch._inductor.aoti_compile_and_package. `model` must already be folded and on `device`.
+    The compile-time budget: `compile_workers` parallel Inductor compile processes (default: every
+    CPU), autotuning off unless `max_autotune` (it benchmarks many kernel variants per matmul and conv:
+    minutes per graph at the large presets). Each graph's build time goes into `seconds`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     dtype, torch_device = PRECISIONS[precision], torch.device(device)
     # an example batch of 1 would let export specialize the batch axis
@@ -127,7 +135,17 @@ def build_aoti(
             )
             path = out_dir / f"{name}.pt2"
             log(f"  compiling {path.name} with AOTInductor on {device} ({precision})")
-            torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+            start = time.perf_counter()
+            with torch._inductor.config.patch(
+                compile_threads=compile_workers or os.cpu_count() or 1,
+                max_autotune=max_autotune,
+                max_autotune_gemm=max_autotune,
+            ):
+                torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+            elapsed = time.perf_counter() - start
+            log(f"  {path.name}: {elapsed:.1f} s")
+            if seconds is not None:
+                seconds[name] = round(elapsed, 2)
         paths[name] = path
     return paths
 
@@ -252,6 +270,8 @@ def build_engine(
     backends: Sequence[str] = BACKENDS,
     checkpoint: Path | None = None,
     log: Callable[[str], None] = print,
+    compile_workers: int | None = None,
+    max_autotune: bool = False,
 ) -> dict:
     """Write ENGINE_DIR for `model` (loaded on the CPU, eval mode; it is folded and moved here) and
     return the manifest. Backends that cannot be built here are skipped with the reason, logged and
@@ -273,6 +293,7 @@ def build_engine(
 
     files: dict[str, dict[str, Path]] = {}
     skipped: dict[str, str] = {}
+    aoti_seconds: dict[str, float] = {}
     no_onnx = _onnx_unavailable()
     if not {"onnxruntime", "tensorrt"} & set(backends):
         pass  # the AOTInductor packages are built from the model itself
@@ -301,7 +322,9 @@ def build_engine(
         log(f"building the AOTInductor packages on {device} ({precision}); this takes minutes")
         model.to(device)  # before folding: the folded weights are plain attributes, not moved by .to()
         fold_weight_standardization(model.unet, PRECISIONS[precision])  # as irt4.infer's Sampler does
-        files["aoti"] = build_aoti(model, out / "aoti", precision, batch, device, log)
+        files["aoti"] = build_aoti(
+            model, out / "aoti", precision, batch, device, log, compile_workers, max_autotune, aoti_seconds
+        )
         model.cpu()
 
     relative = {
@@ -324,6 +347,10 @@ def build_engine(
         },
         "backends": relative,
         "skipped": skipped,
+        "aoti_build": {"seconds": aoti_seconds, "compile_workers": compile_workers or os.cpu_count() or 1}
+        | {"max_autotune": max_autotune}
+        if aoti_seconds
+        else None,
         "sha256": {path: sha256(out / path) for paths in relative.values() for path in paths.values()},
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
