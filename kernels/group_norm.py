@@ -20,10 +20,12 @@ contiguous first. Outputs keep the input's layout.
 Work split: a group at (32, 512, 80, 80) / 8 holds 409,600 elements, so each (batch, group) is cut
 into chunks of pixels, one program per chunk (grid (B * G, chunks)). Forward = kernel 1 (partial
 count/mean/M2 per chunk) + kernel 2 (each program merges its group's partials, then normalizes its
-chunk). Backward = kernel 3 (per-(batch, channel) partial sums of du and du * xhat, where du is the
-gradient reaching the GroupNorm-affine output after SiLU and scale-shift) + a few (B, C)-sized torch
-ops that turn them into dweight, dbias, dscale, dshift and the two per-group means of dx's formula
-+ kernel 4 (dx). Every kernel recomputes xhat from x and the saved mean/rstd instead of storing it.
+chunk). A group that fits one tile (ONE_PASS_ELEMENTS) is instead read once by one program, which
+computes its statistics on chip and writes y (`_one_pass_forward_kernel`).
+Backward = kernel 3 (per-(batch, channel) partial sums of du and du * xhat, where du is the gradient
+reaching the GroupNorm-affine output after SiLU and scale-shift) + a few (B, C)-sized torch ops that
+turn them into dweight, dbias, dscale, dshift and the two per-group means of dx's formula + kernel 4
+(dx). Every kernel recomputes xhat from x and the saved mean/rstd instead of storing it.
 
 Where it runs: on CUDA tensors the Triton kernels run on the GPU; on CPU tensors they run in
 Triton's interpreter when TRITON_INTERPRET=1 was set before this module was imported (tests do
@@ -46,6 +48,10 @@ _ROUND_BF16_BY_HAND = tl.constexpr(TRITON_INTERPRETER)
 TILE_ELEMENTS = 4096  # elements of one [BLOCK_C, BLOCK_S] tile
 MAX_BLOCK_C = 64  # wider groups loop over channel blocks
 TILES_PER_PROGRAM = 2  # pixel tiles per chunk (per program); more chunks -> more programs
+# A group of at most this many elements (padded to powers of two) is normalized by one program in one
+# read (`_one_pass_forward_kernel`): the UNet's deeper levels and the small presets; larger groups take
+# the two-kernel path. 0 turns the one-pass path off (tests compare the two).
+ONE_PASS_ELEMENTS = 8192
 
 
 def group_norm_silu_ref(
@@ -307,6 +313,54 @@ def _forward_kernel(
 
 
 @triton.jit
+def _one_pass_forward_kernel(
+    x_ptr,
+    y_ptr,
+    weight_ptr,
+    bias_ptr,
+    scale_ptr,
+    shift_ptr,
+    mean_ptr,
+    rstd_ptr,
+    eps,
+    C,
+    HW,
+    C_PER_GROUP,
+    GROUPS,
+    stride_c,
+    stride_s,
+    BLOCK_C: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    HAS_SHIFT: tl.constexpr,
+    SILU: tl.constexpr,
+):
+    """A whole group in one tile: one program per (batch, group) reads x once, keeps it on chip for
+    the centred statistics, and writes y; no partials buffer and no second launch."""
+    bg = tl.program_id(0)
+    b = bg // GROUPS
+    g = bg % GROUPS
+    offsets, mask, channel, channel_mask = _tile_offsets(
+        b, g, 0, 0, C, HW, C_PER_GROUP, stride_c, stride_s, BLOCK_C, BLOCK_S
+    )
+    x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    count = tl.sum(tl.sum(mask.to(tl.float32), axis=1), axis=0)
+    mean = tl.sum(tl.sum(x, axis=1), axis=0) / count
+    centred = tl.where(mask, x - mean, 0.0)
+    var = tl.sum(tl.sum(centred * centred, axis=1), axis=0) / count
+    rstd = 1.0 / tl.sqrt(var + eps)
+    tl.store(mean_ptr + bg, mean)
+    tl.store(rstd_ptr + bg, rstd)
+    y = _pre_silu(
+        centred * rstd, weight_ptr, bias_ptr, scale_ptr, shift_ptr, b, C, channel, channel_mask,
+        HAS_SCALE, HAS_SHIFT,
+    )  # fmt: skip
+    if SILU:
+        y = y / (1.0 + tl.exp(-y))
+    tl.store(y_ptr + offsets, _cast_for_store(y, y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _channel_sums_kernel(
     dy_ptr,
     x_ptr,
@@ -484,6 +538,12 @@ def _launch_config(c_per_group: int, hw: int) -> dict[str, int]:
     }
 
 
+def _one_pass_tile(c_per_group: int, hw: int) -> tuple[int, int] | None:
+    """(BLOCK_C, BLOCK_S) of a tile that holds a whole group, if it is at most ONE_PASS_ELEMENTS."""
+    block_c, block_s = triton.next_power_of_2(c_per_group), max(triton.next_power_of_2(hw), 16)
+    return (block_c, block_s) if block_c * block_s <= ONE_PASS_ELEMENTS else None
+
+
 def _forward(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -497,6 +557,9 @@ def _forward(
     x = _in_kernel_layout(x)
     batch, channels, height, width = x.shape
     hw, c_per_group = height * width, channels // num_groups
+    tile = _one_pass_tile(c_per_group, hw)
+    if tile is not None:
+        return _forward_one_pass(x, weight, bias, scale, shift, num_groups, eps, silu, tile)
     config = _launch_config(c_per_group, hw)
     num_chunks = config.pop("num_chunks")
     stride_c, stride_s = _pixel_strides(x)
@@ -526,6 +589,39 @@ def _forward(
         HAS_SCALE=scale is not None,
         HAS_SHIFT=shift is not None,
         SILU=silu,
+    )
+    return y, mean, rstd
+
+
+def _forward_one_pass(x, weight, bias, scale, shift, num_groups, eps, silu, tile):
+    batch, channels, height, width = x.shape
+    stride_c, stride_s = _pixel_strides(x)
+    y = _alloc_like(x)
+    mean = _alloc((batch, num_groups), x.device)
+    rstd = _alloc((batch, num_groups), x.device)
+    block_c, block_s = tile
+    _one_pass_forward_kernel[(batch * num_groups,)](
+        x,
+        y,
+        weight.contiguous(),
+        bias.contiguous(),
+        _contiguous_or_dummy(scale, weight),
+        _contiguous_or_dummy(shift, weight),
+        mean,
+        rstd,
+        eps,
+        channels,
+        height * width,
+        channels // num_groups,
+        num_groups,
+        stride_c,
+        stride_s,
+        BLOCK_C=block_c,
+        BLOCK_S=block_s,
+        HAS_SCALE=scale is not None,
+        HAS_SHIFT=shift is not None,
+        SILU=silu,
+        num_warps=8 if block_c * block_s >= TILE_ELEMENTS else 4,
     )
     return y, mean, rstd
 

@@ -55,6 +55,8 @@ GROUP_NORM_CASES = {
     "unet_deepest_silu": ((2, 512, 10, 10), 8, (False, False, True), False),
     "vae_320_silu": ((1, 128, 320, 320), 32, (False, False, True), False),
     "vae_80_plain_channels_last": ((1, 512, 80, 80), 32, (False, False, False), True),
+    # 4 channels x 1,024 pixels per group: the one-program forward (group_norm.ONE_PASS_ELEMENTS)
+    "small_unet_one_pass_channels_last": ((2, 32, 32, 32), 8, (True, True, True), True),
 }
 GROUP_NORM_DTYPES = ("float32", "bfloat16")
 
@@ -69,6 +71,7 @@ QUICK = [
     ("attention", "small_vae_mid_n1024_d128", "bfloat16"),
     ("group_norm", "unet_level1_scale_shift_silu", "bfloat16"),
     ("group_norm", "vae_80_plain_channels_last", "float32"),
+    ("group_norm", "small_unet_one_pass_channels_last", "bfloat16"),
 ]
 
 

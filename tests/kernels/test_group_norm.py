@@ -372,3 +372,29 @@ def test_wrong_shapes_raise_with_the_sizes(change, message):
 def test_model_real_shapes_on_gpu_within_twice_torch_error(shape, num_groups, scale_shift, eps, dtype):
     inputs = make_inputs(shape, dtype, torch.device("cuda"), scale_shift)
     compare_to_reference(inputs, num_groups, eps, True, dtype)
+
+
+@pytest.mark.parametrize("one_pass", [True, False], ids=["one_pass", "two_kernels"])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_one_pass_and_two_kernel_forwards_both_match_reference(
+    monkeypatch, one_pass, channels_last, dtype, device
+):
+    """Small groups take the one-program forward, unless ONE_PASS_ELEMENTS is 0; both paths give the
+    reference's output, saved statistics (through the gradients) and layout."""
+    shape, num_groups = (2, 12, 9, 11), 4  # 3 channels x 99 pixels per group: masked lanes both ways
+    if not one_pass:
+        monkeypatch.setattr(gn, "ONE_PASS_ELEMENTS", 0)
+    assert (gn._one_pass_tile(3, 99) is not None) == one_pass
+    inputs = make_inputs(shape, dtype, device)
+    if channels_last:
+        inputs["x"] = inputs["x"].contiguous(memory_format=torch.channels_last)
+    kernel = compare_to_reference(inputs, num_groups, 1e-5, True, dtype)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    assert kernel["y"].is_contiguous(memory_format=layout)
+
+
+def test_one_pass_tile_holds_small_groups_only():
+    assert gn._one_pass_tile(4, 32 * 32) == (4, 1024)  # the small preset's UNet levels
+    assert gn._one_pass_tile(16, 80 * 80) is None  # irt4-radiodiff's first level: two kernels
+    assert gn._one_pass_tile(1, 3) == (1, 16)  # at least 16 lanes of pixels
