@@ -21,7 +21,8 @@ Work split: a group at (32, 512, 80, 80) / 8 holds 409,600 elements, so each (ba
 into chunks of pixels, one program per chunk (grid (B * G, chunks)). Forward = kernel 1 (partial
 count/mean/M2 per chunk) + kernel 2 (each program merges its group's partials, then normalizes its
 chunk). A group that fits one tile (ONE_PASS_ELEMENTS) is instead read once by one program, which
-computes its statistics on chip and writes y (`_one_pass_forward_kernel`).
+computes its statistics on chip and writes y (`_one_pass_forward_kernel`); its backward is one
+program too (`_one_pass_backward_kernel`: the channel sums, the group means and dx from one read).
 Backward = kernel 3 (per-(batch, channel) partial sums of du and du * xhat, where du is the gradient
 reaching the GroupNorm-affine output after SiLU and scale-shift) + a few (B, C)-sized torch ops that
 turn them into dweight, dbias, dscale, dshift and the two per-group means of dx's formula + kernel 4
@@ -51,7 +52,7 @@ TILES_PER_PROGRAM = 2  # pixel tiles per chunk (per program); more chunks -> mor
 # A group of at most this many elements (padded to powers of two) is normalized by one program in one
 # read (`_one_pass_forward_kernel`): the UNet's deeper levels and the small presets; larger groups take
 # the two-kernel path. 0 turns the one-pass path off (tests compare the two).
-ONE_PASS_ELEMENTS = 8192
+ONE_PASS_ELEMENTS = 8192  # forward and backward
 
 
 def group_norm_silu_ref(
@@ -490,6 +491,65 @@ def _input_grad_kernel(
             tl.store(dx_ptr + offsets, _cast_for_store(dx, dx_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _one_pass_backward_kernel(
+    dy_ptr,
+    x_ptr,
+    dx_ptr,
+    weight_ptr,
+    bias_ptr,
+    scale_ptr,
+    shift_ptr,
+    mean_ptr,
+    rstd_ptr,
+    sum_du_ptr,  # (B, C) fp32: sum over pixels of du
+    sum_du_xhat_ptr,  # (B, C) fp32: ... of du * xhat
+    C,
+    HW,
+    C_PER_GROUP,
+    GROUPS,
+    stride_c,
+    stride_s,
+    BLOCK_C: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    HAS_SHIFT: tl.constexpr,
+    SILU: tl.constexpr,
+):
+    """A whole group in one tile: the per-channel sums and dx in one program that reads x and dy once
+    (the two-kernel path reads them twice and reduces the group means in torch between its kernels)."""
+    bg = tl.program_id(0)
+    b = bg // GROUPS
+    g = bg % GROUPS
+    mean = tl.load(mean_ptr + bg)
+    rstd = tl.load(rstd_ptr + bg)
+    offsets, mask, channel, channel_mask = _tile_offsets(
+        b, g, 0, 0, C, HW, C_PER_GROUP, stride_c, stride_s, BLOCK_C, BLOCK_S
+    )
+    x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    dy = tl.load(dy_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    xhat = tl.where(mask, (x - mean) * rstd, 0.0)
+    u = _pre_silu(
+        xhat, weight_ptr, bias_ptr, scale_ptr, shift_ptr, b, C, channel, channel_mask,
+        HAS_SCALE, HAS_SHIFT,
+    )  # fmt: skip
+    du = tl.where(mask, _silu_input_grad(dy, u, SILU), 0.0)
+    sum_du = tl.sum(du, axis=1)
+    sum_du_xhat = tl.sum(du * xhat, axis=1)
+    tl.store(sum_du_ptr + b * C + channel, sum_du, mask=channel_mask)
+    tl.store(sum_du_xhat_ptr + b * C + channel, sum_du_xhat, mask=channel_mask)
+    gain = tl.load(weight_ptr + channel, mask=channel_mask, other=0.0).to(tl.float32)
+    if HAS_SCALE:
+        scale = tl.load(scale_ptr + b * C + channel, mask=channel_mask, other=0.0).to(tl.float32)
+        gain = gain * (1.0 + scale)
+    count = tl.sum(tl.sum(mask.to(tl.float32), axis=1), axis=0)
+    mean_dxhat = tl.sum(gain * sum_du, axis=0) / count
+    mean_dxhat_xhat = tl.sum(gain * sum_du_xhat, axis=0) / count
+    # spec: GroupNorm backward, dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+    dx = rstd * (du * gain[:, None] - mean_dxhat - xhat * mean_dxhat_xhat)
+    tl.store(dx_ptr + offsets, _cast_for_store(dx, dx_ptr.dtype.element_ty), mask=mask)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Launchers
 
@@ -661,6 +721,18 @@ def _backward(
         _contiguous_or_dummy(shift, weight),
     )
 
+    tile = _one_pass_tile(c_per_group, hw)
+    if tile is not None:
+        sum_du = _alloc((batch, channels), x.device)
+        sum_du_xhat = _alloc((batch, channels), x.device)
+        dx = _alloc_like(x)
+        _one_pass_backward_kernel[(batch * num_groups,)](
+            dy, x, dx, *params, mean, rstd, sum_du, sum_du_xhat, *shape_args,
+            BLOCK_C=tile[0], BLOCK_S=tile[1], num_warps=8 if tile[0] * tile[1] >= TILE_ELEMENTS else 4,
+            **flags,
+        )  # fmt: skip
+        return (dx, *_param_grads(sum_du, sum_du_xhat, weight, bias, scale, shift))
+
     partial_du = _alloc((batch, channels, num_chunks), x.device)
     partial_du_xhat = _alloc((batch, channels, num_chunks), x.device)
     _channel_sums_kernel[grid](
@@ -669,12 +741,8 @@ def _backward(
     # (B, C) fp32 sums over pixels of du and du * xhat: every parameter gradient follows from them.
     sum_du = partial_du.sum(dim=2)
     sum_du_xhat = partial_du_xhat.sum(dim=2)
-    weight32, bias32 = weight.float(), bias.float()
+    weight32 = weight.float()
     scale_gain = 1.0 if scale is None else scale.float() + 1.0  # (B, C)
-    dshift = sum_du
-    dscale = weight32 * sum_du_xhat + bias32 * sum_du
-    dweight = (scale_gain * sum_du_xhat).sum(dim=0)
-    dbias = (scale_gain * sum_du).sum(dim=0)
     dxhat_gain = (weight32 * scale_gain).expand(batch, channels).contiguous()
     group_size = c_per_group * hw
     mean_dxhat = (dxhat_gain * sum_du).view(batch, num_groups, c_per_group).sum(dim=2) / group_size
@@ -695,9 +763,19 @@ def _backward(
         **config,
         **flags,
     )
+    return (dx, *_param_grads(sum_du, sum_du_xhat, weight, bias, scale, shift))
+
+
+def _param_grads(sum_du, sum_du_xhat, weight, bias, scale, shift):
+    """dweight, dbias, dscale, dshift from the (B, C) fp32 sums over pixels of du and du * xhat."""
+    weight32, bias32 = weight.float(), bias.float()
+    scale_gain = 1.0 if scale is None else scale.float() + 1.0  # (B, C)
+    dshift = sum_du
+    dscale = weight32 * sum_du_xhat + bias32 * sum_du
+    dweight = (scale_gain * sum_du_xhat).sum(dim=0)
+    dbias = (scale_gain * sum_du).sum(dim=0)
     param_grad_dtype = (scale if scale is not None else shift if shift is not None else weight).dtype
     return (
-        dx,
         dweight.to(weight.dtype),
         dbias.to(bias.dtype),
         dscale.to(param_grad_dtype),

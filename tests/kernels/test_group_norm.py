@@ -380,18 +380,19 @@ def test_model_real_shapes_on_gpu_within_twice_torch_error(shape, num_groups, sc
 def test_one_pass_and_two_kernel_forwards_both_match_reference(
     monkeypatch, one_pass, channels_last, dtype, device
 ):
-    """Small groups take the one-program forward, unless ONE_PASS_ELEMENTS is 0; both paths give the
-    reference's output, saved statistics (through the gradients) and layout."""
+    """Small groups take the one-program forward and backward, unless ONE_PASS_ELEMENTS is 0; both
+    paths give the reference's output, every gradient (with scale and shift) and the layout."""
     shape, num_groups = (2, 12, 9, 11), 4  # 3 channels x 99 pixels per group: masked lanes both ways
     if not one_pass:
         monkeypatch.setattr(gn, "ONE_PASS_ELEMENTS", 0)
     assert (gn._one_pass_tile(3, 99) is not None) == one_pass
-    inputs = make_inputs(shape, dtype, device)
+    inputs = make_inputs(shape, dtype, device, (True, True))
     if channels_last:
         inputs["x"] = inputs["x"].contiguous(memory_format=torch.channels_last)
     kernel = compare_to_reference(inputs, num_groups, 1e-5, True, dtype)
+    assert {"dx", "dweight", "dbias", "dscale", "dshift"} <= kernel.keys()
     layout = torch.channels_last if channels_last else torch.contiguous_format
-    assert kernel["y"].is_contiguous(memory_format=layout)
+    assert all(kernel[name].is_contiguous(memory_format=layout) for name in ("y", "dx"))
 
 
 def test_one_pass_tile_holds_small_groups_only():
