@@ -43,7 +43,7 @@ from irt4.models.kernel_switch import use_kernels
 from irt4.models.layers import fold_weight_standardization, unfold_weight_standardization
 from irt4.models.precision import inference_weights
 from irt4.models.radiodiff import RadioDiff
-from irt4.models.regional import compile_regions, region_recompile_limit, uncompile_regions
+from irt4.models.regional import compile_regions, uncompile_regions
 
 
 class Skip(Exception):
@@ -149,10 +149,17 @@ def _layout(ctx: SamplingContext, dtype: torch.dtype, nhwc: bool) -> Iterator[Sa
         torch.backends.cudnn.benchmark = benchmark
 
 
-def _eager(dtype: torch.dtype, kernels: str, nhwc: bool = False):
+def _eager(dtype: torch.dtype, kernels: str, nhwc: bool = False, regional: bool = False):
+    """The hoisted sampler under `dtype` autocast; with `regional`, the repeated blocks of the UNet and
+    the VAE torch.compiled one by one (irt4.models.regional), the glue eager."""
+
     @contextlib.contextmanager
     def path(ctx: SamplingContext) -> Iterator[Callable]:
-        with _model_state(ctx.model, folded=True, kernels=kernels), _layout(ctx, dtype, nhwc) as ctx:
+        with (
+            _model_state(ctx.model, folded=True, kernels=kernels),
+            _layout(ctx, dtype, nhwc) as ctx,
+            _regions(ctx.model, regional),
+        ):
             run = _sampler(ctx, ctx.model.unet, ctx.model.decode_latents, recompute=False)
 
             def run_cast():
@@ -180,14 +187,13 @@ def _regions(model: RadioDiff, on: bool) -> Iterator[None]:
         yield
         return
     torch._dynamo.reset()
-    with region_recompile_limit():
-        compile_regions(model.unet, dynamic=False)
-        compile_regions(model.vae, dynamic=False)
-        try:
-            yield
-        finally:
-            uncompile_regions(model)
-            torch._dynamo.reset()
+    compile_regions(model.unet, dynamic=False)
+    compile_regions(model.vae, dynamic=False)
+    try:
+        yield
+    finally:
+        uncompile_regions(model)
+        torch._dynamo.reset()
 
 
 @contextlib.contextmanager
@@ -250,25 +256,6 @@ def _compiled(dtype: torch.dtype):
                 yield _sampler(ctx, unet, torch.compile(decode, dynamic=False), recompute=False)
             finally:
                 torch._dynamo.reset()
-
-    return path
-
-
-def _compiled_regions(dtype: torch.dtype):
-    """torch.compile of the repeated blocks (irt4.models.regional) of the UNet and the VAE decoder,
-    each distinct (block, shape) compiled once, the glue eager."""
-
-    @contextlib.contextmanager
-    def path(ctx: SamplingContext) -> Iterator[Callable]:
-        model = ctx.model
-        with _model_state(model, folded=True, kernels="torch"), _regions(model, True):
-            run = _sampler(ctx, model.unet, model.decode_latents, recompute=False)
-
-            def run_cast():
-                with autocast(ctx.device, dtype):
-                    return run()
-
-            yield run_cast
 
     return path
 
@@ -403,7 +390,7 @@ PATHS = {
         SamplingPath(
             "compile-regional-bf16",
             torch.bfloat16,
-            _compiled_regions(torch.bfloat16),
+            _eager(torch.bfloat16, "torch", regional=True),
             compiles=True,
             torch_compile=True,
         ),

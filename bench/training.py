@@ -104,7 +104,6 @@ def training_step(model: RadioDiff, path: TrainingPath, image: torch.Tensor, con
         raise Skip("needs CUDA")
     use_kernels(model, path.kernels)
     if path.regional:
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         compile_regions(model.unet, dynamic=False)
     loss_fn = loss_function(model, path, image, cond)
     fused = image.device.type == "cuda" and path.name != "reference"

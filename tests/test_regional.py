@@ -10,7 +10,7 @@ from bench import sampling
 from bench.run import build_model
 from irt4.config import load_config
 from irt4.models import layers, relation, swin, vae
-from irt4.models.regional import REGION_CLASSES, compile_regions, region_recompile_limit, uncompile_regions
+from irt4.models.regional import REGION_CLASSES, REGION_RECOMPILE_LIMIT, compile_regions, uncompile_regions
 
 CPU = torch.device("cpu")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -26,6 +26,7 @@ def test_compile_regions_compiles_each_outermost_block_and_uncompile_undoes_it()
     nested = {id(inner) for outer in expected for inner in outer.modules() if inner is not outer}
     outermost = [m for m in expected if id(m) not in nested]
     assert compile_regions(model, backend="eager") == len(outermost) > 10
+    assert torch._dynamo.config.recompile_limit >= REGION_RECOMPILE_LIMIT  # a version per width and dtype
     assert {id(m) for m in _compiled(model)} == {id(m) for m in outermost}
     kinds = {type(m) for m in outermost}
     assert {layers.ResnetBlock, relation.RelationNet, swin.SwinBlock, vae.ResnetBlock} <= kinds
@@ -40,10 +41,9 @@ def test_regionally_compiled_sampler_draws_the_eager_maps():
     with sampling.PATHS["torch"].open(ctx) as run:
         eager = run()
     try:
-        with region_recompile_limit():
-            compile_regions(model, backend="eager", dynamic=False)
-            with sampling.PATHS["torch"].open(ctx) as run:
-                compiled = run()
+        compile_regions(model, backend="eager", dynamic=False)
+        with sampling.PATHS["torch"].open(ctx) as run:
+            compiled = run()
     finally:
         uncompile_regions(model)
         torch._dynamo.reset()

@@ -71,18 +71,21 @@ def test_baseline_init_from_a_bundle_starts_from_its_weights(trained, committed_
 
 
 @pytest.mark.parametrize(
-    "extra, message",
+    "command, extra, message",
     [
-        (["--init-from", "base.safetensors"], "baseline"),  # the other kind of model
-        (["--init-from", "ldm.safetensors", "--vae", "base.safetensors"], "baseline"),
-        (["--init-from", "missing.safetensors"], "missing.safetensors"),
+        ("ldm", ["--init-from", "base.safetensors"], "baseline"),  # the other kind of model
+        ("ldm", ["--init-from", "ldm.safetensors", "--vae", "base.safetensors"], "baseline"),
+        ("ldm", ["--init-from", "missing.safetensors"], "missing.safetensors"),
+        ("vae", ["--init-from", "base.safetensors"], "baseline"),
+        ("vae", ["--init-from", "ldm.safetensors", "--set", "vae.base_channels=64"], "vae.base_channels"),
+        ("vae", ["--init-from", "missing.pt"], "missing.pt"),
     ],
 )
-def test_ldm_init_from_mistakes_exit_2_naming_the_problem(
-    trained, committed_dataset, tmp_path, capsys, extra, message
+def test_init_from_mistakes_exit_2_naming_the_problem(
+    trained, committed_dataset, tmp_path, capsys, command, extra, message
 ):
     extra = [str(trained / e) if e.endswith((".safetensors", ".pt")) else e for e in extra]
-    argv = ["ldm", *common(committed_dataset), "--out", str(tmp_path / "run"), "--steps", "1", *extra]
+    argv = [command, *common(committed_dataset), "--out", str(tmp_path / "run"), "--steps", "1", *extra]
     assert main(argv) == 2
     assert message in capsys.readouterr().err
 
@@ -109,23 +112,6 @@ def test_vae_init_from_a_diffusion_bundle_or_a_vae_checkpoint_starts_from_that_v
             continue
         torch.testing.assert_close(last["model"][f"vae.{name}"].float(), value.float(), rtol=0, atol=1e-6)
     assert json.loads((run / "run.json").read_text())["init_from"] == str(trained / source)
-
-
-@pytest.mark.parametrize(
-    "extra, message",
-    [
-        (["--init-from", "base.safetensors"], "baseline"),
-        (["--init-from", "ldm.safetensors", "--set", "vae.base_channels=64"], "vae.base_channels"),
-        (["--init-from", "missing.pt"], "missing.pt"),
-    ],
-)
-def test_vae_init_from_mistakes_exit_2_naming_the_problem(
-    trained, committed_dataset, tmp_path, capsys, extra, message
-):
-    extra = [str(trained / e) if e.endswith((".safetensors", ".pt")) else e for e in extra]
-    argv = ["vae", *common(committed_dataset), "--out", str(tmp_path / "run"), "--steps", "1", *extra]
-    assert main(argv) == 2
-    assert message in capsys.readouterr().err
 
 
 def test_ldm_init_from_with_vae_continues_the_unet_on_the_new_vae_with_its_own_scale(

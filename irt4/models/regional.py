@@ -24,12 +24,17 @@ REGION_CLASSES: tuple[type[nn.Module], ...] = (
     vae.AttnBlock,
 )
 
+REGION_RECOMPILE_LIMIT = 64  # compiled versions of one block's forward (its widths x dtypes)
+
 
 def compile_regions(
     model: nn.Module, classes: tuple[type[nn.Module], ...] = REGION_CLASSES, **options
 ) -> int:
     """`module.compile(**options)` on every outermost instance of `classes` in `model` (a block inside
-    a compiled block is traced with it); returns how many were compiled. Undo with `uncompile_regions`."""
+    a compiled block is traced with it); returns how many were compiled. Undo with `uncompile_regions`.
+    Dynamo's recompile limit is raised to at least REGION_RECOMPILE_LIMIT for the process: a block class
+    appears at every level's width and dtype, and the default 8 versions would send the rest to eager."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, REGION_RECOMPILE_LIMIT)
 
     def visit(module: nn.Module) -> int:
         if isinstance(module, classes):
@@ -38,12 +43,6 @@ def compile_regions(
         return sum(visit(child) for child in module.children())
 
     return visit(model)
-
-
-def region_recompile_limit(limit: int = 64):
-    """A context in which Dynamo may hold `limit` compiled versions of one block's forward: a block
-    class appears at every level's width and dtype (8 by default would send the rest to eager)."""
-    return torch._dynamo.config.patch(recompile_limit=limit)
 
 
 def uncompile_regions(model: nn.Module) -> None:

@@ -313,8 +313,6 @@ class Trainer:
         if options.compile_regions:
             from irt4.models.regional import compile_regions
 
-            # one compiled version per (block, shape, dtype): the UNet has more than Dynamo's default 8
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
             log.info("--compile-regions: %d blocks compiled", compile_regions(module))
         if device.type == "cuda" and options.precision != "fp32":
             torch.backends.cuda.matmul.allow_tf32 = True
