@@ -21,7 +21,8 @@
 # for LDM_SECONDS; each model still gets its own budget, the diffusion model reads the regressor's).
 # The baseline trains for VAE_SECONDS + LDM_SECONDS, side by side with the two diffusion stages. At the
 # end the EMA weights are written as fp16 bundles: RUN_DIR/default-small.safetensors and
-# RUN_DIR/baseline-small.safetensors.
+# RUN_DIR/baseline-small.safetensors (with PRIOR=1 the first links the second as its prior instead of
+# holding a copy: keep the two files together).
 # Each stage is an ordinary `irt4-train` run: rerun a stage with --resume to continue it; RESUME=1
 # EXTRA_SECONDS=N does that for the finished recipe (the LDM and the baseline each get N more seconds,
 # so their budgets stay equal). INIT_FROM=DIR (e.g. irt4/assets) continues the shipped models instead
@@ -137,17 +138,27 @@ from pathlib import Path
 import torch
 
 from irt4.baseline.bundle import load_baseline, save_baseline
+from irt4.errors import InputError
 from irt4.models.bundle import load_model, save_bundle
 
 run = Path(sys.argv[1])
-ldm_run = run / (run / "ldm-run").read_text().strip() if (run / "ldm-run").exists() else None
-if ldm_run is not None:
-    model, _ = load_model(ldm_run / "last.pt")
-    save_bundle(run / "default-small.safetensors", model, weights="ema", dtype=torch.float16)
-    print("wrote", run / "default-small.safetensors")
 if (run / "baseline/last.pt").exists():
     model, _ = load_baseline(run / "baseline/last.pt")
     save_baseline(run / "baseline-small.safetensors", model, weights="ema", dtype=torch.float16)
     print("wrote", run / "baseline-small.safetensors")
+ldm_run = run / (run / "ldm-run").read_text().strip() if (run / "ldm-run").exists() else None
+if ldm_run is not None:
+    model, _ = load_model(ldm_run / "last.pt")
+    # PRIOR=1: where the prior is the finished baseline, the bundle links that file instead of a copy
+    # (after RESUME=1 the baseline has trained on, and the bundle holds its own prior)
+    bundle, link = run / "default-small.safetensors", run / "baseline-small.safetensors"
+    try:
+        if model.unet.prior is None or not link.exists():
+            raise InputError("no prior to link")
+        save_bundle(bundle, model, weights="ema", dtype=torch.float16, prior_file=link)
+        print("wrote", bundle, "(its prior linked to", link.name + ")")
+    except InputError:
+        save_bundle(bundle, model, weights="ema", dtype=torch.float16)
+        print("wrote", bundle)
 PYEOF
 exit $((diffusion_rc || baseline_rc))

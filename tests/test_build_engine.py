@@ -76,7 +76,10 @@ def test_an_aoti_only_build_skips_the_onnx_export(bundle, tmp_path, monkeypatch)
     def no_export(*args, **kwargs):
         raise AssertionError("the ONNX graphs were exported for an aoti-only build")
 
-    def fake_aoti(model, out_dir, precision, batch, device, log):
+    options = {}
+
+    def fake_aoti(model, out_dir, precision, batch, device, log, **budget):
+        options.update(budget)
         out_dir.mkdir(parents=True)
         (out_dir / "unet_step.pt2").write_bytes(b"package")
         return {"unet_step": out_dir / "unet_step.pt2"}
@@ -87,3 +90,5 @@ def test_an_aoti_only_build_skips_the_onnx_export(bundle, tmp_path, monkeypatch)
     assert main(["--checkpoint", str(bundle), "--out", str(out), "--backends", "aoti"]) == 0
     manifest = json.loads((out / MANIFEST).read_text())
     assert set(manifest["backends"]) == {"aoti"} and not (out / "onnx").exists()
+    # the compile-time budget's defaults: every CPU compiles, no autotuning
+    assert options["compile_workers"] is None and options["max_autotune"] is False

@@ -3,9 +3,11 @@
 import pytest
 import torch
 
-from irt4.baseline.bundle import load_baseline
+from irt4.baseline.bundle import load_baseline, save_baseline
+from irt4.baseline.regressor import RadioUNetRegressor
 from irt4.cli.train import main
 from irt4.config import apply_overrides, load_config
+from irt4.errors import InputError
 from irt4.models.bundle import load_model, save_bundle
 from irt4.models.radiodiff import RadioDiff
 from irt4.train.checkpoint import read_checkpoint
@@ -66,6 +68,35 @@ def test_sampling_with_a_prior_is_deterministic_per_seed_and_round_trips_a_bundl
     loaded, _ = load_model(tmp_path / "prior.safetensors")
     assert loaded.cfg.diffusion.prior == "regressor"
     torch.testing.assert_close(sample(loaded, 0), first)
+
+
+def test_a_bundle_links_the_regressor_beside_it_instead_of_a_second_copy(tmp_path):
+    """The shipped diffusion model and the shipped regressor share one copy of the regressor."""
+    model = prior_model()
+    regressor = RadioUNetRegressor(model.cfg).eval()
+    regressor.load_state_dict(model.unet.prior.state_dict())
+    save_baseline(tmp_path / "regressor.safetensors", regressor, dtype=torch.float16)
+    other = RadioUNetRegressor(model.cfg).eval()
+    save_baseline(tmp_path / "other.safetensors", other, dtype=torch.float16)
+    with pytest.raises(InputError, match="does not hold this model's prior"):
+        save_bundle(tmp_path / "linked.safetensors", model, prior_file=tmp_path / "other.safetensors")
+    save_bundle(tmp_path / "whole.safetensors", model, dtype=torch.float16)
+    regressor_file = tmp_path / "regressor.safetensors"
+    save_bundle(tmp_path / "linked.safetensors", model, dtype=torch.float16, prior_file=regressor_file)
+    whole, _ = load_model(tmp_path / "whole.safetensors")
+    linked, _ = load_model(tmp_path / "linked.safetensors")
+    assert (tmp_path / "linked.safetensors").stat().st_size < (tmp_path / "whole.safetensors").stat().st_size
+    for name, value in whole.state_dict().items():
+        assert torch.equal(linked.state_dict()[name], value), name
+
+    (tmp_path / "other.safetensors").replace(tmp_path / "regressor.safetensors")  # another one in its place
+    with pytest.raises(InputError, match="not the regressor this model was saved with"):
+        load_model(tmp_path / "linked.safetensors")
+    (tmp_path / "regressor.safetensors").unlink()
+    with pytest.raises(InputError, match="regressor.safetensors beside it, which is missing"):
+        load_model(tmp_path / "linked.safetensors")
+    with pytest.raises(InputError, match="without a regressor prior"):
+        save_bundle(tmp_path / "x.safetensors", RadioDiff(load_config("tiny")), prior_file=tmp_path / "y")
 
 
 @pytest.fixture(scope="module")

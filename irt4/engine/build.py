@@ -323,7 +323,15 @@ def build_engine(
         model.to(device)  # before folding: the folded weights are plain attributes, not moved by .to()
         fold_weight_standardization(model.unet, PRECISIONS[precision])  # as irt4.infer's Sampler does
         files["aoti"] = build_aoti(
-            model, out / "aoti", precision, batch, device, log, compile_workers, max_autotune, aoti_seconds
+            model,
+            out / "aoti",
+            precision,
+            batch,
+            device,
+            log,
+            compile_workers=compile_workers,
+            max_autotune=max_autotune,
+            seconds=aoti_seconds,
         )
         model.cpu()
 

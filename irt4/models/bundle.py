@@ -5,10 +5,16 @@ and `scale_factor`; metadata `format`, `irt4_version`, `config` (the resolved co
 `weights` ("ema" or "raw"). Weights may be stored in fp16 to keep shipped files small; they are
 loaded back in fp32. Training checkpoints (irt4.train) hold the same `model` state dict, so
 `load_model` takes either kind of file.
+
+A model with a regressor prior (diffusion.prior: regressor) holds the regressor's weights as `unet.prior.*`,
+or, when it is saved with `prior_file`, links a baseline bundle beside it instead (metadata `prior_file`,
+its name, and `prior_sha256`, its bytes' hash): the shipped diffusion model and the shipped regressor
+are then one copy of the regressor, and loading checks that the file is the one it was saved with.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -23,14 +29,27 @@ BUNDLE_FORMAT = "irt4-radiodiff-bundle-1"
 BASELINE_BUNDLE_FORMAT = "irt4-baseline-bundle-1"  # irt4.baseline's regressor (metadata kind: baseline)
 
 
+PRIOR_PREFIX = "unet.prior."
+
+
 def save_bundle(
-    path: str | Path, model: RadioDiff, weights: str = "ema", dtype: torch.dtype = torch.float32
+    path: str | Path,
+    model: RadioDiff,
+    weights: str = "ema",
+    dtype: torch.dtype = torch.float32,
+    prior_file: str | Path | None = None,
 ) -> None:
-    """Write `model` (whose weights are already the EMA ones if `weights` says so) as a bundle."""
+    """Write `model` (whose weights are already the EMA ones if `weights` says so) as a bundle.
+    `prior_file`: a baseline bundle in the same folder whose weights are the model's regressor prior
+    (as stored there); the bundle links it instead of holding a second copy."""
     from safetensors.torch import save_file
 
+    path = Path(path)
+    link = _prior_link(path, model, prior_file) if prior_file is not None else {}
     tensors = {}
     for name, value in model.state_dict().items():
+        if link and name.startswith(PRIOR_PREFIX):
+            continue
         value = value.detach().cpu()
         # halve float weights for shipping, but keep the scale and integer buffers exact
         if value.is_floating_point() and name != "scale_factor":
@@ -42,11 +61,48 @@ def save_bundle(
         "config": yaml.safe_dump(config_to_dict(model.cfg), sort_keys=False),
         "weights": weights,
         "kind": "radiodiff",
+        **link,
     }
-    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=metadata)
     tmp.replace(path)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _prior_link(path: Path, model: RadioDiff, prior_file: str | Path) -> dict[str, str]:
+    """The metadata that links `prior_file` as `model`'s prior, after checking that it holds it."""
+    from irt4.baseline.bundle import load_baseline
+
+    prior_file = Path(prior_file)
+    if model.unet.prior is None:
+        raise InputError(f"{path}: prior_file {prior_file} given for a model without a regressor prior")
+    if prior_file.resolve().parent != path.resolve().parent:
+        raise InputError(f"{path}: the linked prior {prior_file} must lie in the bundle's folder")
+    load_baseline(prior_file)  # a readable baseline bundle whose weights fit its config
+    _, stored = read_safetensors(prior_file)
+    for name, value in model.unet.prior.state_dict().items():
+        # the file may hold the weights in fp16: compare them as stored there
+        theirs = stored.get(name)
+        if theirs is None or not torch.equal(value.detach().cpu().to(theirs.dtype), theirs):
+            raise InputError(f"{path}: {prior_file} does not hold this model's prior ({name} differs)")
+    return {"prior_file": prior_file.name, "prior_sha256": _sha256(prior_file)}
+
+
+def _linked_prior(path: Path, metadata: dict) -> dict[str, torch.Tensor]:
+    """The `unet.prior.*` tensors of the baseline bundle a bundle links, checked against its hash."""
+    linked = path.parent / metadata["prior_file"]
+    if not linked.is_file():
+        raise InputError(
+            f"{path}: its regressor prior is the baseline bundle {linked.name} beside it, which is missing; "
+            "keep the two files together"
+        )
+    if _sha256(linked) != metadata.get("prior_sha256"):
+        raise InputError(f"{path}: {linked} is not the regressor this model was saved with (another hash)")
+    _, tensors = read_safetensors(linked)
+    return {PRIOR_PREFIX + name: value for name, value in tensors.items()}
 
 
 def _config_from_yaml(text: str, path: Path) -> Config:
@@ -78,6 +134,8 @@ def _read_bundle(path: Path) -> tuple[Config, dict[str, torch.Tensor], dict]:
         )
     if metadata.get("format") != BUNDLE_FORMAT:
         raise InputError(f"{path}: not an irt4 model bundle (format {metadata.get('format')!r})")
+    if "prior_file" in metadata:
+        tensors.update(_linked_prior(path, metadata))
     return _config_from_yaml(metadata["config"], path), tensors, metadata
 
 
