@@ -152,13 +152,12 @@ if ldm_run is not None:
     # PRIOR=1: where the prior is the finished baseline, the bundle links that file instead of a copy
     # (after RESUME=1 the baseline has trained on, and the bundle holds its own prior)
     bundle, link = run / "default-small.safetensors", run / "baseline-small.safetensors"
+    linked = model.unet.prior is not None and link.exists()
     try:
-        if model.unet.prior is None or not link.exists():
-            raise InputError("no prior to link")
-        save_bundle(bundle, model, weights="ema", dtype=torch.float16, prior_file=link)
-        print("wrote", bundle, "(its prior linked to", link.name + ")")
-    except InputError:
+        save_bundle(bundle, model, weights="ema", dtype=torch.float16, prior_file=link if linked else None)
+    except InputError:  # the baseline is not the prior
+        linked = False
         save_bundle(bundle, model, weights="ema", dtype=torch.float16)
-        print("wrote", bundle)
+    print("wrote", bundle, f"(its prior linked to {link.name})" if linked else "")
 PYEOF
 exit $((diffusion_rc || baseline_rc))

@@ -74,35 +74,41 @@ def _sha256(path: Path) -> str:
 
 def _prior_link(path: Path, model: RadioDiff, prior_file: str | Path) -> dict[str, str]:
     """The metadata that links `prior_file` as `model`'s prior, after checking that it holds it."""
-    from irt4.baseline.bundle import load_baseline
-
     prior_file = Path(prior_file)
     if model.unet.prior is None:
         raise InputError(f"{path}: prior_file {prior_file} given for a model without a regressor prior")
     if prior_file.resolve().parent != path.resolve().parent:
         raise InputError(f"{path}: the linked prior {prior_file} must lie in the bundle's folder")
-    load_baseline(prior_file)  # a readable baseline bundle whose weights fit its config
-    _, stored = read_safetensors(prior_file)
-    for name, value in model.unet.prior.state_dict().items():
+    metadata, stored = read_safetensors(prior_file)
+    if metadata.get("kind") != "baseline":
+        raise InputError(f"{path}: the linked prior {prior_file} is not a baseline (regressor) bundle")
+    ours = model.unet.prior.state_dict()
+    if set(stored) != set(ours):
+        raise InputError(f"{path}: {prior_file} does not hold this model's prior (other tensors)")
+    for name, value in ours.items():
         # the file may hold the weights in fp16: compare them as stored there
-        theirs = stored.get(name)
-        if theirs is None or not torch.equal(value.detach().cpu().to(theirs.dtype), theirs):
+        if not torch.equal(value.detach().cpu().to(stored[name].dtype), stored[name]):
             raise InputError(f"{path}: {prior_file} does not hold this model's prior ({name} differs)")
-    return {"prior_file": prior_file.name, "prior_sha256": _sha256(prior_file)}
+    return {
+        "prior_file": prior_file.name,
+        "prior_sha256": hashlib.sha256(prior_file.read_bytes()).hexdigest(),
+    }
 
 
 def _linked_prior(path: Path, metadata: dict) -> dict[str, torch.Tensor]:
     """The `unet.prior.*` tensors of the baseline bundle a bundle links, checked against its hash."""
+    from safetensors.torch import load
+
     linked = path.parent / metadata["prior_file"]
     if not linked.is_file():
         raise InputError(
             f"{path}: its regressor prior is the baseline bundle {linked.name} beside it, which is missing; "
             "keep the two files together"
         )
-    if _sha256(linked) != metadata.get("prior_sha256"):
+    data = linked.read_bytes()  # read once: hashed, then parsed
+    if hashlib.sha256(data).hexdigest() != metadata.get("prior_sha256"):
         raise InputError(f"{path}: {linked} is not the regressor this model was saved with (another hash)")
-    _, tensors = read_safetensors(linked)
-    return {PRIOR_PREFIX + name: value for name, value in tensors.items()}
+    return {PRIOR_PREFIX + name: value for name, value in load(data).items()}
 
 
 def _config_from_yaml(text: str, path: Path) -> Config:
