@@ -68,10 +68,6 @@ def save_bundle(
     tmp.replace(path)
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _prior_link(path: Path, model: RadioDiff, prior_file: str | Path) -> dict[str, str]:
     """The metadata that links `prior_file` as `model`'s prior, after checking that it holds it."""
     prior_file = Path(prior_file)
