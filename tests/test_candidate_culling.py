@@ -6,6 +6,7 @@ several materials, reflections and diffraction) are traced with Sionna's loop an
 culled one, on the same tracer.
 """
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -22,7 +23,14 @@ FAKE_MODULE = (
     "class Generator:\n"
     "    @dr.syntax\n"
     "    def _shoot_and_bounce_loop(self):\n"
+    "        if counting_mode:\n"
+    "            candidate_hashes = dr.full(\n"
+    "                mi.UInt64,\n"
+    "                NO_PATH_RECORDED_MARKER,\n"
+    "                max_depth * num_samples * num_targets,\n"
+    "            )\n"
     "        while active:\n"
+    "            t_idx = mi.UInt(0)\n"
     "            while dr.hint(\n"
     "                t_idx < num_targets,\n"
     "                label='inner',\n"
@@ -35,7 +43,14 @@ FAKE_MODULE = (
     "                    dr.scatter(\n"
     "                        candidate_hashes, to_store, current_path_i, active=store\n"
     "                    )\n"
+    "                else:\n"
+    "                    output_offset_i = dr.gather(\n"
+    "                        mi.UInt32, output_offset, current_path_i, active=active\n"
+    "                    )\n"
     "                t_idx += 1\n"
+    "            depth += 1\n"
+    "        if counting_mode:\n"
+    "            return candidate_hashes, min_thread_index_per_hash\n"
     "\n"
     "def hash_for_target(t_idx):\n"
     "    return t_idx\n"
@@ -45,7 +60,17 @@ FAKE_MODULE = (
 def test_edited_source_applies_the_edits_and_keeps_the_rest():
     edited = candidate_culling.edited_source(FAKE_MODULE)
     assert edited.startswith("@dr.syntax\ndef _shoot_and_bounce_loop(self):\n")  # dedented to module level
-    assert "(t_idx < num_targets) & active," in edited
+    assert "k_idx, k_end = _irt4_entry_range(\n" in edited
+    assert "output_offset, depth, num_samples, num_targets, active\n" in edited
+    assert "(k_idx < k_end) & active," in edited
+    assert "output_offset_i = _irt4_entry_offset(\n" in edited
+    assert "output_offset, k_idx, current_path_i, active\n" in edited
+    assert "k_idx += 1\n            t_idx = _irt4_entry_target(output_offset, k_idx, k_end, active)" in edited
+    assert "candidate_hashes = _irt4_slot_array(\n" in edited and "dr.full" not in edited
+    assert "_irt4_record(candidate_hashes, to_store, current_path_i, k_rank, store)" in edited
+    assert "    _irt4_record_count(k_rank, depth, num_samples, active)\n        depth += 1\n" in edited
+    assert "return _irt4_recorded(candidate_hashes), min_thread_index_per_hash" in edited
+    assert "k_rank = mi.UInt32(0)\n" in edited
     assert "facing = diffraction | (dr.dot(n, los_ray.d) > 0.0)" in edited
     assert "inside = _irt4_through_solid(si_scene.p, tgt_position, active & facing)" in edited
     assert "ray_test(los_ray, active=active & facing & ~inside)" in edited
@@ -54,7 +79,7 @@ def test_edited_source_applies_the_edits_and_keeps_the_rest():
     guard = candidate_culling.BOOKKEEPING_GUARD[4:]  # dedented with the method
     assert "if dr.hint(active & (valid | new_specular)" in guard
     assert guard + "                    assert num_hashes == 2\n" in edited
-    assert "                    )\n            t_idx += 1\n" in edited  # the block indented, the rest not
+    assert "k_rank += mi.UInt32(store)\n            else:\n" in edited  # the block indented, the rest not
     assert "hash_for_target" not in edited  # the method only
     compile(edited, "<edited>", "exec")
 
@@ -92,8 +117,9 @@ def test_module_imports_without_sionna():
 
 def trace_both() -> dict:
     """Per city: outdoor receiver gains with Sionna's loop, then culled (applied twice), then culled
-    with the city's solid-cell raster, then also with the sparse ordering, then Sionna's again after
-    remove(); and the synthetic comparison of the two orderings."""
+    with the city's solid-cell raster, then also with the sparse ordering (step 1 recorded compactly,
+    then into Sionna's slot array, with each call's candidates), then Sionna's again after remove();
+    and the synthetic comparison of the two orderings."""
     from irt4.data import synth
 
     settings = synth.SynthSettings(grid=16, max_depth=3, samples_per_src=20_000, style="oldtown")
@@ -107,7 +133,7 @@ def trace_both() -> dict:
         tracer = synth.city_tracer(city, settings, cull_candidates=False)
         solid = city.solid_cells()
         result[f"{style}/solid_fraction"] = float((solid > 0).mean())
-        for label in ("sionna", "culled", "solid", "sparse", "restored"):
+        for label in ("sionna", "culled", "solid", "sparse", "slot-array", "restored"):
             if label == "culled":
                 candidate_culling.apply()
                 candidate_culling.apply()
@@ -117,16 +143,40 @@ def trace_both() -> dict:
             if label == "sparse":
                 sparse_ordering.apply()
                 result["sparse_applied"] = sparse_ordering.is_applied()
+            if label == "slot-array":  # step 1 into Sionna's slot array instead of a CompactRecord
+                sparse_ordering.RECORD_COMPACTLY = False
             if label == "restored":
+                sparse_ordering.RECORD_COMPACTLY = True
                 candidate_culling.set_solid_cells(None)
                 candidate_culling.remove()
                 sparse_ordering.remove()
-            gain = tracer.path_gain_db(points)
+            with recorded_candidates() as calls:
+                gain = tracer.path_gain_db(points)
+            if label in ("sparse", "slot-array"):
+                result[f"{style}/{label}/candidates"] = calls
             result[f"{style}/{label}"] = [[float(g) if np.isfinite(g) else None for g in row] for row in gain]
     result["applied_after"] = candidate_culling.is_applied() or sparse_ordering.is_applied()
     result["ordering"] = compare_orderings()
     result["ordering_empty"] = compare_orderings(empty=True)
     return result
+
+
+@contextlib.contextmanager
+def recorded_candidates():
+    """The step-1 candidates (slots in output order, hash pairs) of each solver call made inside, as
+    the sparse ordering receives them: a list per call of [slots, hash pairs]."""
+    calls = []
+    order = sparse_ordering._order_recorded
+
+    def capture(sionna, index, recorded, *args, **kwargs):
+        calls.append([index.numpy().tolist(), [] if recorded is None else recorded.numpy().tolist()])
+        return order(sionna, index, recorded, *args, **kwargs)
+
+    sparse_ordering._order_recorded = capture
+    try:
+        yield calls
+    finally:
+        sparse_ordering._order_recorded = order
 
 
 def compare_orderings(empty: bool = False) -> dict:
@@ -173,12 +223,23 @@ def compare_orderings(empty: bool = False) -> dict:
         def _shoot_and_bounce_loop(self, *args, counting_mode=False, output_offset=None, **kw):
             if counting_mode:
                 return mi.UInt64(slots_np), [mi.UInt32(race[0]), mi.UInt32(race[1])]
-            self.offsets = output_offset.numpy().tolist()
             self.has_output = kw["thread_has_output"].numpy().tolist()
+            if isinstance(output_offset, sparse_ordering.KeptPaths):  # the culled loop's input
+                self.groups = {
+                    "group_start": output_offset.group_start.numpy().tolist(),
+                    "slot": output_offset.slot.numpy().tolist(),
+                    "target": output_offset.target.numpy().tolist(),
+                }
+                output_offset = output_offset.dense(len(slots_np))
+            self.offsets = output_offset.numpy().tolist()
 
     out = {}
     original = sparse_ordering._original or module.SBDeterministicCandidateGenerator._shoot_and_bounce
-    for label, method in (("sionna", original), ("sparse", sparse_ordering._shoot_and_bounce)):
+    runs = (("sionna", original), ("sparse", sparse_ordering._shoot_and_bounce), ("kept", None))
+    for label, method in runs:
+        if label == "kept":  # the sparse ordering hands the culled loop its KeptPaths
+            candidate_culling.apply()
+            method = sparse_ordering._shoot_and_bounce
         fake, paths, counters = Fake(), Paths(), mi.UInt32([3, 0])
         src = mi.Point3f(np.zeros((3, sources)))
         tgt = mi.Point3f(np.zeros((3, targets)))
@@ -189,7 +250,10 @@ def compare_orderings(empty: bool = False) -> dict:
             "has_output": fake.has_output,
             "counters": counters.numpy().tolist(),
             "advanced": paths.advanced,
+            **({"groups": fake.groups} if hasattr(fake, "groups") else {}),
         }
+    candidate_culling.remove()
+    out["shape"] = {"targets": targets, "groups": depth * sources * per_src}
     return out
 
 
@@ -216,6 +280,25 @@ def test_sparse_ordering_gives_sionnas_offsets_flags_and_counters(traced):
     assert sionna["counters"] == [45, 73 - 42]  # source 0 up to its budget, source 1 to the buffer's end
     assert any(o != 0xFFFFFFFF and o >> 31 for o in sionna["offsets"])  # non-specular flags ride along
     assert sparse == sionna
+    kept = {key: value for key, value in traced["ordering"]["kept"].items() if key != "groups"}
+    assert kept == sionna  # the same offsets, flags and counters through KeptPaths
+
+
+@pytest.mark.sim
+@pytest.mark.parametrize("case", ["ordering", "ordering_empty"])
+def test_kept_paths_list_each_rays_candidates_by_depth(traced, case):
+    groups, shape = traced[case]["kept"]["groups"], traced[case]["shape"]
+    start, slot, target = (np.array(groups[k]) for k in ("group_start", "slot", "target"))
+    assert (
+        len(start) == shape["groups"] + 1
+        and start[0] == 0
+        and start[-1] == len(slot) - (case == "ordering_empty")
+    )
+    assert (np.diff(start) >= 0).all() and (np.diff(slot) > 0).all()  # in output order
+    for group in range(shape["groups"]):
+        entries = slot[start[group] : start[group + 1]]
+        np.testing.assert_array_equal(entries // shape["targets"], group)  # each entry in its ray's group
+    np.testing.assert_array_equal(target, slot % shape["targets"])
 
 
 @pytest.mark.sim
@@ -232,6 +315,18 @@ def test_sparse_ordering_changes_no_gain(traced, style):
     np.testing.assert_array_equal(np.isfinite(sparse), np.isfinite(solid))
     finite = np.isfinite(solid)
     np.testing.assert_allclose(sparse[finite], solid[finite], rtol=0, atol=1e-9)
+
+
+@pytest.mark.sim
+@pytest.mark.parametrize("style", ["oldtown", "grid"])
+def test_compact_record_gives_the_slot_arrays_candidates_in_its_order(traced, style):
+    compact, dense = traced[f"{style}/sparse/candidates"], traced[f"{style}/slot-array/candidates"]
+    assert len(compact) == len(dense) >= 1 and sum(len(slots) for slots, _ in dense) > 1000
+    assert compact == dense  # per call: the same slots with the same hashes, in the same order
+    slot_array, compact_record = gains(traced, f"{style}/slot-array"), gains(traced, f"{style}/sparse")
+    np.testing.assert_array_equal(np.isfinite(compact_record), np.isfinite(slot_array))
+    finite = np.isfinite(slot_array)  # the same paths; their powers summed in another order: 1e-14 dB
+    np.testing.assert_allclose(compact_record[finite], slot_array[finite], rtol=0, atol=1e-9)
 
 
 @pytest.mark.sim

@@ -27,6 +27,16 @@ instead of 6.4 s. Four edits of that loop remove work whose outcome is already k
 4. The candidate bookkeeping runs inside a Dr.Jit symbolic `if` on "this lane has a valid path or a
    new specular chain for this receiver", which few lanes have once edits 2 and 3 settle most
    tests: packets of lanes with none skip it. The writes were masked by that condition already.
+5. Step 3 (the same rays again, writing the kept candidates) visits, per ray and depth, only that
+   ray's kept candidates when irt4.data.sparse_ordering hands it their list (KeptPaths), instead of
+   every receiver with a lookup of a dense per-slot offset. A (chain, receiver) pair is kept once,
+   for the lowest ray that found it, so most rays have none at a depth: step 3 shrinks to the bounces.
+   The inner loop walks "entries" for this: in step 1, and with Sionna's dense offsets, entry =
+   receiver index, as before.
+6. Step 1 appends its candidates to a list (CompactRecord: slot, hashes, rank among the ray's
+   candidates at that depth) while irt4.data.sparse_ordering has one open, instead of writing them
+   into Sionna's array of one slot per (depth, ray, receiver), 1.6 GB at the default settings,
+   filled before and scanned after every call. The sparse ordering puts the list in slot order.
 
 After these edits the loop is no longer most of a call: Sionna's ordering of the candidates over
 every (depth, ray, receiver) slot is, which irt4.data.sparse_ordering does on the recorded slots only.
@@ -62,13 +72,21 @@ _MODULE = "sionna.rt.path_solvers.sb_deterministic"
 _METHOD_START = "    @dr.syntax\n    def _shoot_and_bounce_loop("
 _METHOD_END = "\ndef hash_for_target("
 _FILENAME = "<irt4.data.candidate_culling: SBDeterministicCandidateGenerator._shoot_and_bounce_loop>"
-# (text in Sionna's method, replacement): module docstring, edit 1, then edits 2 and 3 together
+# (text in Sionna's method, replacement), by the numbers of the module docstring
 EDITS = (
-    (
-        "                t_idx < num_targets,\n",
-        "                (t_idx < num_targets) & active,\n",
+    (  # edits 1 and 5: the inner loop walks entries, all targets (step 1) or a ray's kept paths (step 3)
+        "            t_idx = mi.UInt(0)\n",
+        "            k_idx, k_end = _irt4_entry_range(\n"
+        "                output_offset, depth, num_samples, num_targets, active\n"
+        "            )\n"
+        "            t_idx = _irt4_entry_target(output_offset, k_idx, k_end, active)\n"
+        "            k_rank = mi.UInt32(0)\n",
     ),
     (
+        "                t_idx < num_targets,\n",
+        "                (k_idx < k_end) & active,\n",
+    ),
+    (  # edits 2 and 3
         "                    los_blocked = mi_scene.ray_test(los_ray, active=active)\n",
         "                    facing = diffraction | (dr.dot(n, los_ray.d) > 0.0)\n"
         "                    inside = _irt4_through_solid(si_scene.p, tgt_position, active & facing)\n"
@@ -77,20 +95,55 @@ EDITS = (
     ),
     # edit 4 (with _guard_bookkeeping): a `del` inside a Dr.Jit symbolic `if` is not allowed
     ("                    del thread_idx, hashes_to_combine\n", ""),
+    (  # edit 5: step 3 reads the entry's offset
+        "                    output_offset_i = dr.gather(\n"
+        "                        mi.UInt32, output_offset, current_path_i, active=active\n"
+        "                    )\n",
+        "                    output_offset_i = _irt4_entry_offset(\n"
+        "                        output_offset, k_idx, current_path_i, active\n"
+        "                    )\n",
+    ),
+    (
+        "                t_idx += 1\n",
+        "                k_idx += 1\n"
+        "                t_idx = _irt4_entry_target(output_offset, k_idx, k_end, active)\n",
+    ),
+    (  # edit 6: step 1 appends its candidates to a CompactRecord while one is active
+        "            candidate_hashes = dr.full(\n"
+        "                mi.UInt64,\n"
+        "                NO_PATH_RECORDED_MARKER,\n"
+        "                max_depth * num_samples * num_targets,\n"
+        "            )\n",
+        "            candidate_hashes = _irt4_slot_array(\n"
+        "                max_depth * num_samples * num_targets, NO_PATH_RECORDED_MARKER\n"
+        "            )\n",
+    ),
+    (
+        "                    dr.scatter(\n"
+        "                        candidate_hashes, to_store, current_path_i, active=store\n"
+        "                    )\n",
+        "                    _irt4_record(candidate_hashes, to_store, current_path_i, k_rank, store)\n"
+        "                    k_rank += mi.UInt32(store)\n",
+    ),
+    (
+        "            depth += 1\n",
+        "            _irt4_record_count(k_rank, depth, num_samples, active)\n            depth += 1\n",
+    ),
+    (
+        "            return candidate_hashes, min_thread_index_per_hash\n",
+        "            return _irt4_recorded(candidate_hashes), min_thread_index_per_hash\n",
+    ),
 )
 # edit 4: the candidate bookkeeping from its first line to its last, run under this condition
 BOOKKEEPING_FIRST = "                    assert num_hashes == 2\n"
-BOOKKEEPING_LAST = (
-    "                    dr.scatter(\n"
-    "                        candidate_hashes, to_store, current_path_i, active=store\n"
-    "                    )\n"
-)
+BOOKKEEPING_LAST = "                    k_rank += mi.UInt32(store)\n"  # (after edit 6)
 BOOKKEEPING_GUARD = (
     "                    if dr.hint(active & (valid | new_specular), "
     "exclude=[min_thread_index_per_hash, candidate_hashes]):\n"
 )
 SEGMENT_SAMPLES = 12  # points of each shadow segment looked up in the solid raster (edit 3)
 _solid = None  # (heights as a Dr.Jit Float, raster width) of the city being traced, or None
+_record = None  # the CompactRecord step 1 appends to (edit 6), or None: Sionna's slot per candidate
 _original_loop = None  # Sionna's method, kept while the culling is applied
 _culled_loop = None
 
@@ -173,10 +226,128 @@ def _through_solid(origin, target, active):
     return inside
 
 
+def _entry_range(output_offset, depth, num_samples: int, num_targets: int, active):
+    """(first, end) entry of each lane's inner loop at this depth (edit 5): the targets 0 .. num_targets
+    in step 1 (output_offset None) and with Sionna's dense step-2 offsets, or the ray's kept
+    candidates at this depth where output_offset is irt4.data.sparse_ordering's KeptPaths."""
+    import drjit as dr
+    import mitsuba as mi
+
+    group_start = getattr(output_offset, "group_start", None)
+    if group_start is None:
+        return mi.UInt32(0), mi.UInt32(num_targets)
+    group = (depth - 1) * num_samples + dr.arange(mi.UInt32, num_samples)
+    return dr.gather(mi.UInt32, group_start, group, active), dr.gather(
+        mi.UInt32, group_start, group + 1, active
+    )
+
+
+def _entry_target(output_offset, entry, end, active):
+    """The target of each lane's entry: the entry itself, or the kept candidate's target."""
+    import drjit as dr
+    import mitsuba as mi
+
+    targets = getattr(output_offset, "target", None)
+    if targets is None:
+        return mi.UInt32(entry)  # a copy: the loop increments the entry in place
+    return dr.gather(mi.UInt32, targets, entry, active & (entry < end))
+
+
+def _entry_offset(output_offset, entry, current_path_i, active):
+    """Step 3: the output offset (with the non-specular flag in its top bit) of each lane's entry."""
+    import drjit as dr
+    import mitsuba as mi
+
+    offsets = getattr(output_offset, "offset", None)
+    if offsets is None:
+        return dr.gather(mi.UInt32, output_offset, current_path_i, active=active)
+    return dr.gather(mi.UInt32, offsets, entry, active=active)
+
+
+class CompactRecord:
+    """Step 1's candidates as a list instead of one slot per (depth, ray, receiver) (edit 6): each
+    candidate's slot, hash pair (or non-specular marker) and rank among its ray's candidates at that
+    depth, appended as found (in no fixed order), and per (depth, ray) group the number of them.
+    Sionna's slot array is 205 M entries (1.6 GB) at the default settings, filled before and
+    scanned after every call, for a few million candidates; irt4.data.sparse_ordering puts the list
+    in slot order from the counts and ranks instead."""
+
+    def __init__(self, num_slots: int, num_groups: int):
+        import drjit as dr
+        import mitsuba as mi
+
+        self.counter = dr.zeros(mi.UInt32, 1)
+        # as long as the slot array, so it cannot overflow; left uninitialized, so only the pages
+        # the candidates are written to are ever touched
+        self.slot = dr.empty(mi.UInt32, num_slots)
+        self.value = dr.empty(mi.UInt64, num_slots)
+        self.rank = dr.empty(mi.UInt32, num_slots)
+        self.per_group = dr.zeros(mi.UInt32, num_groups + 1)  # group g's count at g + 1
+
+
+def start_compact_record(num_slots: int, num_groups: int) -> CompactRecord:
+    """Let the next step 1 append to a fresh CompactRecord (until stop_compact_record)."""
+    global _record
+    _record = CompactRecord(num_slots, num_groups)
+    return _record
+
+
+def stop_compact_record() -> None:
+    global _record
+    _record = None
+
+
+def _slot_array(num_slots: int, marker):
+    """Step 1's candidate_hashes: Sionna's slot array, or a placeholder while recording compactly."""
+    import drjit as dr
+    import mitsuba as mi
+
+    return dr.full(mi.UInt64, marker, num_slots if _record is None else 1)
+
+
+def _record_candidate(candidate_hashes, value, slot, rank, store) -> None:
+    """Edit 6: the candidate into its slot (Sionna), or appended to the CompactRecord."""
+    import drjit as dr
+    import mitsuba as mi
+
+    if _record is None:
+        dr.scatter(candidate_hashes, value, slot, active=store)
+        return
+    position = dr.scatter_inc(_record.counter, mi.UInt32(0), store)
+    dr.scatter(_record.slot, slot, position, store)
+    dr.scatter(_record.value, value, position, store)
+    dr.scatter(_record.rank, rank, position, store)
+
+
+def _record_count(rank, depth, num_samples: int, active) -> None:
+    """Edit 6, after a depth's receiver loop: each ray's number of candidates at that depth."""
+    import drjit as dr
+    import mitsuba as mi
+
+    if _record is not None:
+        group = (depth - 1) * num_samples + dr.arange(mi.UInt32, num_samples)
+        dr.scatter(_record.per_group, rank, group + 1, active & (rank > 0))
+
+
+def _recorded(candidate_hashes):
+    """What step 1 returns: Sionna's slot array, or the CompactRecord."""
+    return candidate_hashes if _record is None else _record
+
+
 def _compile_loop(module, source: str):
     # @dr.syntax rewrites the function from its source, which it reads through linecache
     linecache.cache[_FILENAME] = (len(source), None, source.splitlines(True), _FILENAME)
-    namespace = {**vars(module), "_irt4_through_solid": _through_solid}
+    namespace = {
+        **vars(module),
+        "_irt4_through_solid": _through_solid,
+        "_irt4_entry_range": _entry_range,
+        "_irt4_entry_target": _entry_target,
+        "_irt4_entry_offset": _entry_offset,
+        "_irt4_slot_array": _slot_array,
+        "_irt4_record": _record_candidate,
+        "_irt4_record_count": _record_count,
+        "_irt4_recorded": _recorded,
+    }
     exec(compile(source, _FILENAME, "exec"), namespace)
     return namespace["_shoot_and_bounce_loop"]
 
