@@ -349,3 +349,52 @@ def test_profile_refuses_an_unknown_lever(capsys):
     with pytest.raises(SystemExit):
         profile.main(["--preset", "tiny", "--device", "cpu", "--levers", "warp-drive"])
     assert "warp-drive" in capsys.readouterr().err
+
+
+def test_cpu_preset_bench_builds_both_engines_and_reports_a_table_per_step_count(
+    measured, tmp_path, monkeypatch
+):
+    """bench/cpu_preset.py's stages with each command replaced by one that writes what the real one
+    would (a bundle, engine manifests, bench.run result files); a second run finds them and runs none."""
+    from bench import cpu_preset
+
+    sampling_row = next(r for r in measured["records"] if r["stage"] == "sampling")
+    commands = []
+
+    def fake_run(command: list[str]) -> float:
+        commands.append(command)
+        if "--prepare" in command:
+            (tmp_path / "work" / "bundle.done").touch()
+            return 1.5
+        out = Path(command[command.index("--out") + 1])
+        out.mkdir(parents=True)
+        if "irt4.cli.build_engine" in command:
+            backends = command[command.index("--backends") + 1 : command.index("--compile-workers")]
+            manifest = {
+                "precision": command[command.index("--precision") + 1], "batch": {"min": 1, "max": 32},
+                "backends": {name: {} for name in backends},
+                "aoti_build": {"seconds": {"unet_step": 3.0}, "compile_workers": 2},
+            }  # fmt: skip
+            (out / "engine.json").write_text(json.dumps(manifest))
+        else:
+            providers = command[command.index("--paths") + 1].split(",")
+            records = [dict(sampling_row, provider=provider) for provider in providers]
+            (out / "2000-01-01-cpu.json").write_text(
+                json.dumps({"meta": measured["meta"], "records": records})
+            )
+        return 1.5
+
+    monkeypatch.setattr(cpu_preset, "run", fake_run)
+    argv = ["--work", str(tmp_path / "work"), "--steps", "3,50", "--out", str(tmp_path / "out")]
+    assert cpu_preset.main([*argv, "--compile-workers", "2"]) == 0
+    builds = [c for c in commands if "irt4.cli.build_engine" in c]
+    assert [c[c.index("--precision") + 1] for c in builds] == ["fp32", "bf16"]
+    assert len(commands) == 1 + 2 + 2 * 2  # the bundle, two engines, two runs per step count
+    (report_md,) = (tmp_path / "out").glob("*-cpu-preset.md")
+    text = report_md.read_text()
+    assert "### 3 steps" in text and "### 50 steps" in text
+    assert text.count("| reference |") == 2  # one per step count: the bf16 run's own reference is left out
+    assert text.count("| engine-aoti |") == 4 and text.count("| torch-nhwc-bf16 |") == 2
+    assert "- engine-bf16/: bf16, batch 1..32, aoti;" in text and "unet_step 3 s; the whole build 2 s" in text
+    commands.clear()
+    assert cpu_preset.main(argv) == 0 and commands == []
