@@ -615,8 +615,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_positive(int),
         default=1,
         help="maps traced in parallel processes, the cores shared out as threads; each keeps its own ray "
-        "tracer (~8 GB at the default settings). One process already runs the solver on all cores "
-        "(measured: 1.9x with 2 threads on 2 cores), so more workers pay only where memory allows and "
+        "tracer (up to ~5 GB at the default settings, bench/results/synth/). One process already runs "
+        "the solver on all cores (measured: 1.9x with 2 threads on 2 cores), so more workers pay only "
+        "where memory allows and "
         "cores are many (default: %(default)s)",
     )
     parser.add_argument(
