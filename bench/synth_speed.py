@@ -162,6 +162,15 @@ def markdown(results: dict) -> str:
             f"third {sum(rss[-third:]) / third:.2f} GB, max {max(rss):.2f} GB "
             f"({results['rss']['seconds_per_map']:.1f} s per map)"
         )
+        from irt4.data.raytrace import FLUSH_EVERY
+
+        cycles = [rss[i : i + FLUSH_EVERY] for i in range(0, len(rss), FLUSH_EVERY)]
+        lines.append(
+            f"\nper {FLUSH_EVERY} maps (Dr.Jit's allocation cache is emptied after every {FLUSH_EVERY}th): "
+            "lowest / highest RSS "
+            + ", ".join(f"{min(cycle):.2f} / {max(cycle):.2f}" for cycle in cycles)
+            + " GB"
+        )
     return "\n".join(lines)
 
 
