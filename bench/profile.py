@@ -233,7 +233,7 @@ def build_calls(
     from irt4.config import load_config
     from irt4.models.kernel_switch import use_kernels
     from irt4.models.layers import fold_weight_standardization
-    from irt4.models.precision import inference_weights
+    from irt4.models.precision import cast_inference_weights
     from irt4.models.radiodiff import RadioDiff
 
     unknown = set(levers) - set(LEVERS)
@@ -247,7 +247,7 @@ def build_calls(
         fold_weight_standardization(model.unet, dtype)
     layout = torch.channels_last if "nhwc" in levers else torch.contiguous_format
     if "nhwc" in levers:
-        inference_weights(model, dtype, channels_last=True).__enter__()  # for the model's lifetime
+        cast_inference_weights(model, dtype, channels_last=True)  # for the model's lifetime
     if "triton" in levers:
         use_kernels(model, "triton")
     latent = (batch, *model.latent_shape)

@@ -89,3 +89,35 @@ def test_cuda_graph_nhwc_path_matches_the_reference_within_bf16_error():
     graph = sampling.output_difference(maps["cudagraph-bf16"], maps["reference"])["rel_err"]
     nhwc = sampling.output_difference(maps["cudagraph-nhwc-bf16"], maps["reference"])["rel_err"]
     assert nhwc <= 2 * graph + 1e-3
+
+
+def test_irt4_infer_samples_bf16_on_channels_last_bf16_weights_within_the_bf16_error():
+    """irt4-infer's torch sampler (irt4.infer.Sampler) takes the lever at reduced precision: it holds
+    the model's conv weights in bf16, channels-last, and its maps stay within bf16's error of fp32."""
+    import copy
+    from pathlib import Path
+
+    from irt4.infer import InferenceOptions, Sampler
+
+    reference_model = build_model(load_config("tiny"), CPU)
+    ctx = sampling.sampling_context(reference_model, CPU, batch=2, steps=2)
+    maps = {}
+    for precision in ("fp32", "bf16"):
+        model = copy.deepcopy(reference_model)
+        sampler = Sampler(
+            model, InferenceOptions(out=Path("."), steps=2, precision=precision, progress=False)
+        )
+        maps[precision] = sampler(ctx.cond, ctx.noise)
+        convs = [
+            m
+            for m in model.modules()
+            if isinstance(m, nn.Conv2d) and not isinstance(m, WeightStandardizedConv2d)
+        ]
+        layouts = {(c.weight.dtype, c.weight.is_contiguous(memory_format=torch.channels_last)) for c in convs}
+        if precision == "bf16":
+            assert layouts == {(torch.bfloat16, True)}
+        else:
+            assert {dtype for dtype, _ in layouts} == {torch.float32}
+    assert maps["bf16"].shape == maps["fp32"].shape == (2, 256, 256)
+    rel = sampling.output_difference(maps["bf16"], maps["fp32"])["rel_err"]
+    assert 0 < rel < 0.05
