@@ -70,8 +70,7 @@ def sample(work: Path, preset: str, steps: int, engine: str, paths: str) -> dict
     return json.loads(sorted(out.glob("*-cpu.json"))[-1].read_text())
 
 
-def build_line(work: Path, engine: str) -> str:
-    manifest = json.loads((work / engine / "engine.json").read_text())
+def build_line(work: Path, engine: str, manifest: dict) -> str:
     build = manifest.get("aoti_build", {})
     wall = work / engine / "build-seconds.json"
     return (
@@ -88,6 +87,7 @@ def report(work: Path, preset: str, results: dict[int, list[dict]]) -> tuple[dic
     """One markdown table per step count: the rows of every run (each ratio is to the reference of
     its own run; the reference rows of the later runs are dropped)."""
     meta = next(iter(results.values()))[0]["meta"]
+    manifests = {engine: json.loads((work / engine / "engine.json").read_text()) for engine in ENGINES}
     lines = [
         f"Sampling at {preset} on the CPU ({meta['device_description']}, {meta['machine']}), batch 1, "
         f"{meta['date']}, torch {meta['torch_version']}, git {meta['git_sha']} "
@@ -95,18 +95,14 @@ def report(work: Path, preset: str, results: dict[int, list[dict]]) -> tuple[dic
         "",
         "Engines (irt4-build-engine):",
         "",
-        *(build_line(work, engine) for engine in ENGINES),
+        *(build_line(work, engine, manifest) for engine, manifest in manifests.items()),
     ]
     for steps, runs in results.items():
         rows = [r for r in runs[0]["records"] if r["stage"] == "sampling"]
         for later in runs[1:]:
             rows += [r for r in later["records"] if r["stage"] == "sampling" and r["provider"] != "reference"]
         lines += ["", f"### {steps} steps", "", model_table(rows)]
-    data = {
-        "preset": preset,
-        "engines": {e: json.loads((work / e / "engine.json").read_text()) for e in ENGINES},
-    }
-    data["steps"] = {str(steps): runs for steps, runs in results.items()}
+    data = {"preset": preset, "engines": manifests, "steps": {str(s): runs for s, runs in results.items()}}
     return data, "\n".join(lines)
 
 

@@ -226,6 +226,15 @@ def _through_solid(origin, target, active):
     return inside
 
 
+def _ray_group(depth, num_samples: int):
+    """Each lane's (depth, ray) group, (depth - 1) * num_samples + ray: KeptPaths' and
+    CompactRecord's grouping."""
+    import drjit as dr
+    import mitsuba as mi
+
+    return (depth - 1) * num_samples + dr.arange(mi.UInt32, num_samples)
+
+
 def _entry_range(output_offset, depth, num_samples: int, num_targets: int, active):
     """(first, end) entry of each lane's inner loop at this depth (edit 5): the targets 0 .. num_targets
     in step 1 (output_offset None) and with Sionna's dense step-2 offsets, or the ray's kept
@@ -236,7 +245,7 @@ def _entry_range(output_offset, depth, num_samples: int, num_targets: int, activ
     group_start = getattr(output_offset, "group_start", None)
     if group_start is None:
         return mi.UInt32(0), mi.UInt32(num_targets)
-    group = (depth - 1) * num_samples + dr.arange(mi.UInt32, num_samples)
+    group = _ray_group(depth, num_samples)
     return dr.gather(mi.UInt32, group_start, group, active), dr.gather(
         mi.UInt32, group_start, group + 1, active
     )
@@ -322,11 +331,9 @@ def _record_candidate(candidate_hashes, value, slot, rank, store) -> None:
 def _record_count(rank, depth, num_samples: int, active) -> None:
     """Edit 6, after a depth's receiver loop: each ray's number of candidates at that depth."""
     import drjit as dr
-    import mitsuba as mi
 
     if _record is not None:
-        group = (depth - 1) * num_samples + dr.arange(mi.UInt32, num_samples)
-        dr.scatter(_record.per_group, rank, group + 1, active & (rank > 0))
+        dr.scatter(_record.per_group, rank, _ray_group(depth, num_samples) + 1, active & (rank > 0))
 
 
 def _recorded(candidate_hashes):
