@@ -22,6 +22,7 @@ import torch
 
 from irt4.data.channels import channel_maps
 from irt4.data.footprints import map_styles
+from irt4.data.gainpack import read_sample
 from irt4.data.pngio import read_grey
 
 NAMES = ("free_space", "los", "walls", "building_metres", "log_distance")
@@ -35,9 +36,8 @@ def load_pairs(root: Path) -> list[tuple[int, np.ndarray, torch.Tensor, torch.Te
             np.float32
         )
         for k, (col, row) in enumerate(json.loads(path.read_text())):
-            gain = torch.from_numpy(
-                read_grey(root / "gain" / "IRT4" / f"{path.stem}_{k}.png") / 255.0
-            ).float()
+            grey, _ = read_sample(root, "IRT4", int(path.stem), k)  # plain or packed
+            gain = torch.from_numpy(grey / 255.0).float()
             pairs.append((int(path.stem), buildings, channel_maps(buildings, (row, col), NAMES)[0], gain))
     return pairs
 

@@ -14,6 +14,7 @@ from irt4.cli.data import main
 from irt4.data import footprints, synth
 from irt4.data.city import CityLayout, random_city, rasterize
 from irt4.data.city.materials import BUILDING_MATERIALS
+from irt4.data.gainpack import receiver_pixels
 from irt4.data.scene import (
     FACES_PER_BOX,
     VERTICES_PER_BOX,
@@ -22,7 +23,6 @@ from irt4.data.scene import (
     footprint_boxes,
     ground_mesh,
     pixel_to_world,
-    receiver_pixels,
     transmitter_sites,
 )
 from irt4.errors import InputError
@@ -479,9 +479,13 @@ def test_merge_joins_shard_roots_and_refuses_other_data_sets(tmp_path, capsys):
     fake_root(tmp_path / "c", settings, 6, [3])  # another seed: another data set
     assert main(["merge", str(tmp_path / "c"), "--out", str(out)]) == 2
     assert "generated with seed 5" in capsys.readouterr().err
-    (tmp_path / "b" / "gain" / "IRT4" / "2_0.png").write_bytes(b"other")
+    other = tmp_path / "b" / "gain" / "IRT4" / "2_0.png"
+    Image.fromarray(255 - np.asarray(Image.open(other))).save(other)
     assert main(["merge", str(tmp_path / "b"), "--out", str(out)]) == 2
-    assert "differ" in capsys.readouterr().err
+    assert "map 2 transmitter 0 has other gains" in capsys.readouterr().err
+    (tmp_path / "b" / "antenna" / "2.json").write_text("[[1, 1], [2, 2]]\n")
+    assert main(["merge", str(tmp_path / "b"), "--out", str(out)]) == 2
+    assert "differ: map 2 is not the same map" in capsys.readouterr().err
 
 
 def test_padded_meshes_have_power_of_two_sizes_and_hide_the_padding_under_the_ground():

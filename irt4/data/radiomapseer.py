@@ -5,7 +5,9 @@ A sample is (map m, transmitter k). Its item, at model resolution S = `image_siz
   cond     (C, S, S)     the channels named by `condition` (irt4.data.channels) in [-1, 1]: by default
                          the reference's [buildings, transmitter, buildings]; the cars simulations give
                          [buildings, transmitter, cars], as the reference's cars loader builds it
-  gain     (1, 256, 256) gain PNG / 255 on [0, 1] at disk resolution, for metrics (always / 255)
+  gain     (1, 256, 256) gain PNG / 255 on [0, 1] at disk resolution, for metrics (always / 255);
+                         a generated root's sample may be packed (gain/{SIM}/{m}_{k}.npz,
+                         irt4.data.gainpack): its grey is decoded to the PNG's exact pixels
   map_id, tx_index       ints
   tx_rowcol              (2,) long: the transmitter's (row, col) pixel on the 256 x 256 disk grid
 
@@ -32,6 +34,7 @@ from torch.utils.data import Dataset
 from irt4.config import REFERENCE_CONDITION
 from irt4.data.channels import check_condition
 from irt4.data.condition import condition_image, resize_maps
+from irt4.data.gainpack import PACK_SUFFIX, pack_problem, read_pack
 from irt4.data.pngio import MAP_SIZE, png_problem, read_grey, transmitter_image
 from irt4.data.splits import GENERATED_FRACTIONS, POSITIONS, is_radiomapseer, resolve_scheme, split_map_ids
 from irt4.errors import InputError
@@ -43,7 +46,7 @@ RADIOMAPSEER_TX = {"IRT4": 2, "carsIRT4": 2}  # WinProp's IRT4 exists for transm
 RADIOMAPSEER_TX_DEFAULT = 80
 POLARITY_MAPS = 3  # maps checked for building polarity at construction
 POLARITY_TOLERANCE = 0.1  # share of building pixels allowed gain > 0 (edge effects of generated data)
-_GAIN_NAME = re.compile(r"^(\d+)_(\d+)\.png$")
+_GAIN_NAME = re.compile(r"^(\d+)_(\d+)\.(?:png|npz)$")  # a gain PNG or a packed sample
 
 
 def model_inputs(cfg) -> dict:
@@ -152,9 +155,7 @@ class RadioMapSeer(Dataset):
         if self.building_value == 0:
             buildings = 1 - buildings
         row, col, transmitter = self._transmitter(map_id, tx_index)
-        gain_pixels = torch.from_numpy(
-            read_grey(self.gain_dir / f"{map_id}_{tx_index}.png").astype(np.float32)
-        )
+        gain_pixels = torch.from_numpy(self._gain_grey(map_id, tx_index).astype(np.float32))
         cars = None
         if self.cars_dir is not None:
             cars = read_grey(self.cars_dir / f"{map_id}.png").astype(np.float32) / 255
@@ -169,6 +170,18 @@ class RadioMapSeer(Dataset):
             "tx_index": tx_index,
             "tx_rowcol": torch.tensor([row, col], dtype=torch.long),
         }
+
+    def _gain_file(self, map_id: int, tx_index: int) -> Path:
+        """The sample's gain PNG, or its packed form (irt4.data.gainpack) where only that exists."""
+        png = self.gain_dir / f"{map_id}_{tx_index}.png"
+        packed = png.with_suffix(PACK_SUFFIX)
+        return packed if not png.exists() and packed.exists() else png
+
+    def _gain_grey(self, map_id: int, tx_index: int) -> np.ndarray:
+        path = self._gain_file(map_id, tx_index)
+        if path.suffix == PACK_SUFFIX:  # generated: its gain is zeroed on the buildings PNG's non-zero pixels
+            return read_pack(path, read_grey(self.buildings_dir / f"{map_id}.png") > 0)[0]
+        return read_grey(path)
 
     def _transmitter(self, map_id: int, tx_index: int) -> tuple[int, int, np.ndarray]:
         """(row, col, (256, 256) image with 1 at the transmitter) from the antenna PNG or JSON."""
@@ -208,7 +221,9 @@ class RadioMapSeer(Dataset):
         wanted = set(self.map_ids)
         samples = sorted(sample for sample in gain_files if sample[0] in wanted)
         if not samples:
-            raise InputError(f"{self.gain_dir}: no gain PNGs ({{m}}_{{k}}.png) for the maps of this split")
+            raise InputError(
+                f"{self.gain_dir}: no gain maps ({{m}}_{{k}}.png or packed .npz) for the maps of this split"
+            )
         return samples
 
     def _read_antenna_json(self) -> dict[int, list[tuple[int, int]]]:
@@ -225,7 +240,7 @@ class RadioMapSeer(Dataset):
         return positions
 
     def _sample_files(self, map_id: int, tx_index: int) -> list[Path]:
-        files = [self.buildings_dir / f"{map_id}.png", self.gain_dir / f"{map_id}_{tx_index}.png"]
+        files = [self.buildings_dir / f"{map_id}.png", self._gain_file(map_id, tx_index)]
         if self.json_tx is None:
             files.append(self.antennas_dir / f"{map_id}_{tx_index}.png")
         if self.cars_dir is not None:
@@ -235,7 +250,10 @@ class RadioMapSeer(Dataset):
     def _sample_problem(self, map_id: int, tx_index: int, full: bool, checked: dict[Path, str | None]):
         for path in self._sample_files(map_id, tx_index):
             if path not in checked:
-                checked[path] = png_problem(path, full=full)
+                if path.suffix == PACK_SUFFIX:
+                    checked[path] = self._pack_problem(path, map_id, full)
+                else:
+                    checked[path] = png_problem(path, full=full)
             if checked[path]:
                 return checked[path]
         if self.json_tx is not None:
@@ -251,6 +269,12 @@ class RadioMapSeer(Dataset):
             except InputError as error:
                 return str(error)
         return None
+
+    def _pack_problem(self, path: Path, map_id: int, full: bool) -> str | None:
+        if not full:
+            return pack_problem(path)
+        buildings = self.buildings_dir / f"{map_id}.png"
+        return png_problem(buildings, full=True) or pack_problem(path, read_grey(buildings) > 0)
 
     # ---- validation ----------------------------------------------------------------------------
 
@@ -293,13 +317,13 @@ class RadioMapSeer(Dataset):
             first_tx.setdefault(map_id, tx_index)
         for map_id, tx_index in list(first_tx.items())[:POLARITY_MAPS]:
             buildings_path = self.buildings_dir / f"{map_id}.png"
-            gain_path = self.gain_dir / f"{map_id}_{tx_index}.png"
+            gain_path = self._gain_file(map_id, tx_index)
             marked = read_grey(buildings_path) >= 128
             if self.building_value == 0:
                 marked = ~marked
             if not marked.any() or marked.all():
                 continue
-            lit = read_grey(gain_path) > 0
+            lit = self._gain_grey(map_id, tx_index) > 0
             lit_inside, lit_outside = lit[marked].mean(), lit[~marked].mean()
             if lit_inside > POLARITY_TOLERANCE:
                 inverted = " (it looks inverted)" if lit_outside <= POLARITY_TOLERANCE else ""

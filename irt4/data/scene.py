@@ -93,12 +93,6 @@ def pixel_to_world(rows: np.ndarray, cols: np.ndarray, z: float) -> np.ndarray:
     return np.stack([cols + 0.5, rows + 0.5, np.full_like(rows, z)], axis=1)
 
 
-def receiver_pixels(size: int, grid: int) -> np.ndarray:
-    """(grid,) pixel index of each lattice cell's receiver along one axis: the pixel holding the cell
-    centre. Receivers sit at pixel centres, so never on a wall (walls run along pixel edges)."""
-    return np.floor((np.arange(grid) + 0.5) * size / grid).astype(np.int64)
-
-
 def near_buildings(buildings: np.ndarray, radius: int) -> np.ndarray:
     """Building mask dilated by `radius` px (Chebyshev): pixels whose centre is within radius + 0.5 m
     of a building pixel's edge in x and y."""

@@ -56,12 +56,19 @@ from irt4.data.city import (
 )
 from irt4.data.city.materials import BUILDING_MATERIALS
 from irt4.data.footprints import footprints_bytes, footprints_path, read_footprints
+from irt4.data.gainpack import (  # noqa: F401  (fill_indoor_cells, upsample_db: synth's API too)
+    PACK_SUFFIX,
+    fill_indoor_cells,
+    gain_db_to_grey,
+    read_sample,
+    receiver_pixels,
+    upsample_db,
+)
 from irt4.data.scene import (
     boxes_mesh,
     footprint_boxes,
     ground_mesh,
     pixel_to_world,
-    receiver_pixels,
     transmitter_sites,
 )
 from irt4.errors import InputError
@@ -174,48 +181,6 @@ def open_to_the_border(outdoor: np.ndarray) -> np.ndarray:
     return np.isin(labels, border[border > 0])
 
 
-def gain_db_to_grey(gain_db: np.ndarray, gain_db_range: tuple[float, float]) -> np.ndarray:
-    """uint8 grey of radiomapseer.md: p = 255 (dB - LO) / (HI - LO), rounded; weaker than LO (and NaN,
-    -inf) -> 0, stronger than HI -> 255."""
-    lo, hi = gain_db_range
-    grey = np.round(255.0 * (np.asarray(gain_db, dtype=np.float64) - lo) / (hi - lo))
-    grey = np.nan_to_num(grey, nan=0.0, neginf=0.0, posinf=255.0)
-    return np.clip(grey, 0, 255).astype(np.uint8)
-
-
-def fill_indoor_cells(grid_db: np.ndarray) -> np.ndarray:
-    """NaN cells (no receiver: centre inside a building) take the mean of their filled 8-neighbours,
-    ring by ring, so interpolation next to a wall is not pulled towards an arbitrary value."""
-    filled = np.array(grid_db, dtype=np.float64)
-    if np.isnan(filled).all():
-        raise ValueError("no outdoor receiver cell to interpolate from")
-    while np.isnan(filled).any():
-        known = ~np.isnan(filled)
-        padded_val = np.pad(np.where(known, filled, 0.0), 1)
-        padded_known = np.pad(known, 1).astype(np.float64)
-        total = np.zeros_like(filled)
-        count = np.zeros_like(filled)
-        rows, cols = filled.shape
-        for dr in range(3):
-            for dc in range(3):
-                total += padded_val[dr : dr + rows, dc : dc + cols]
-                count += padded_known[dr : dr + rows, dc : dc + cols]
-        grow = ~known & (count > 0)
-        filled[grow] = total[grow] / count[grow]
-    return filled
-
-
-def upsample_db(grid_db: np.ndarray, rx_pixels: np.ndarray, size: int, floor_db: float) -> np.ndarray:
-    """(size, size) dB map from the (G, G) lattice whose receivers sit at pixels rx_pixels x rx_pixels:
-    bilinear in dB between receiver pixels, constant beyond the outermost ones. Values weaker than
-    floor_db (and -inf, no path) are raised to it first: the grey mapping truncates them all alike,
-    and a -inf cell must not darken its neighbours."""
-    grid = fill_indoor_cells(np.maximum(grid_db, floor_db))
-    pixels = np.arange(size)
-    along_cols = np.stack([np.interp(pixels, rx_pixels, row) for row in grid])  # (G, size)
-    return np.stack([np.interp(pixels, rx_pixels, col) for col in along_cols.T], axis=1)  # (size, size)
-
-
 def _same_file_content(path: Path, other: Path) -> bool:
     """Equal bytes; a plain and a compressed footprints file: equal JSON."""
     if path.name == other.name:
@@ -223,23 +188,64 @@ def _same_file_content(path: Path, other: Path) -> bool:
     return read_footprints(path) == read_footprints(other)
 
 
-def outputs(root: Path, map_id: int, tx_per_map: int, footprints: bool = False) -> list[Path]:
-    """The files of a finished map, the gain PNGs last (they are renamed into place last)."""
+def _target_name(path: Path, root: Path, source: Path, map_id: int) -> Path:
+    """A source file's path relative to its root, footprints always under their compressed name."""
+    relative = path.relative_to(source)
+    if relative.parent.name == "footprints":
+        return footprints_path(root, map_id).relative_to(root)
+    return relative
+
+
+def _check_same_map(source: Path, root: Path, map_id: int, tx_per_map: int, footprints: bool) -> None:
+    """InputError unless the map in root equals the map in source: its files alike, and each
+    transmitter's grey and raw gain alike whether either root holds it plain or packed."""
+    files = outputs(source, map_id, tx_per_map, footprints)
+    common = files[: len(files) - 2 * tx_per_map]
+    for path in common:
+        target = root / _target_name(path, root, source, map_id)
+        if not _same_file_content(path, target):
+            raise InputError(f"{path} and {target} differ: map {map_id} is not the same map")
+    for k in range(tx_per_map):
+        (grey, raw), (other_grey, other_raw) = (read_sample(r, SIMULATION, map_id, k) for r in (source, root))
+        if not (np.array_equal(grey, other_grey) and raw.tobytes() == other_raw.tobytes()):
+            raise InputError(
+                f"{source} and {root}: map {map_id} transmitter {k} has other gains: not the same map"
+            )
+
+
+def outputs(
+    root: Path, map_id: int, tx_per_map: int, footprints: bool = False, packed: bool = False
+) -> list[Path]:
+    """The files of a finished map, the gain files last (the gain PNGs are renamed into place last).
+    packed: the map's form after `irt4-data pack` (irt4.data.gainpack), one .npz per transmitter in
+    place of its gain PNG and raw .npy."""
     files = [root / "png" / "buildings_complete" / f"{map_id}.png", root / "antenna" / f"{map_id}.json"]
     if footprints:
         files.append(footprints_path(root, map_id))
+    files += [root / "png" / "antennas" / f"{map_id}_{k}.png" for k in range(tx_per_map)]
+    if packed:
+        return files + [root / "gain" / SIMULATION / f"{map_id}_{k}{PACK_SUFFIX}" for k in range(tx_per_map)]
+    files += [root / "gain_db" / SIMULATION / f"{map_id}_{k}.npy" for k in range(tx_per_map)]
+    return files + [root / "gain" / SIMULATION / f"{map_id}_{k}.png" for k in range(tx_per_map)]
+
+
+def finished_form(root: Path, map_id: int, tx_per_map: int, footprints: bool = False) -> list[Path] | None:
+    """The files of the map as they are on disk, each transmitter's gain plain (PNG + raw .npy, taken
+    first) or packed (an interrupted `irt4-data pack` leaves some of each), or None if any is missing."""
+    plain = outputs(root, map_id, tx_per_map, footprints)
+    packed = outputs(root, map_id, tx_per_map, footprints, packed=True)
+    common = plain[: len(plain) - 2 * tx_per_map]
+    files = list(common)
     for k in range(tx_per_map):
-        files += [
-            root / "png" / "antennas" / f"{map_id}_{k}.png",
-            root / "gain_db" / SIMULATION / f"{map_id}_{k}.npy",
-        ]
-    files += [root / "gain" / SIMULATION / f"{map_id}_{k}.png" for k in range(tx_per_map)]
-    return files
+        pair = [plain[len(common) + k], plain[len(common) + tx_per_map + k]]
+        files += pair if all(path.is_file() for path in pair) else [packed[len(common) + k]]
+    return files if all(path.is_file() for path in files) else None
 
 
 def is_finished(root: Path, map_id: int, tx_per_map: int, footprints: bool = False) -> bool:
-    """True when every final file of the map exists; scratch files under ROOT/.partial do not count."""
-    return all(path.is_file() for path in outputs(root, map_id, tx_per_map, footprints))
+    """True when every final file of the map exists, plain or packed; scratch files under ROOT/.partial
+    do not count."""
+    return finished_form(root, map_id, tx_per_map, footprints) is not None
 
 
 def _save_png(path: Path, image: np.ndarray) -> None:
@@ -433,14 +439,12 @@ def merge_roots(sources: list[Path], root: Path) -> dict:
     footprints = settings.style != BOXES
     for source in sources:
         for map_id in finished_maps(source, settings):
-            files = outputs(source, map_id, settings.tx_per_map, footprints)
-            targets = outputs(root, map_id, settings.tx_per_map, footprints)
+            files = finished_form(source, map_id, settings.tx_per_map, footprints)
             if is_finished(root, map_id, settings.tx_per_map, footprints):
-                for path, target in zip(files, targets):
-                    if not _same_file_content(path, target):
-                        raise InputError(f"{path} and {target} differ: map {map_id} is not the same map")
+                _check_same_map(source, root, map_id, settings.tx_per_map, footprints)
                 same += 1
                 continue
+            targets = [root / _target_name(path, root, source, map_id) for path in files]
             scratch = root / PARTIAL / str(map_id)
             for path, target in zip(files, targets):
                 staged = scratch / target.relative_to(root)
