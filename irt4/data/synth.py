@@ -24,6 +24,8 @@ Writes under ROOT:
                                   size; roots written before hold plain {m}.json, read alike; not for
                                   the boxes style)
   irt4-synth.json                 generator version, seed, settings, sionna/mitsuba/drjit versions
+`irt4-data pack ROOT` later replaces a sample's gain PNG and raw .npy by gain/IRT4/{m}_{k}.npz
+(irt4.data.gainpack: the same pixels and raw, a quarter of the size); a root may hold both forms.
 
 Throughput: a worker keeps one ray tracer for all its maps, with mesh sizes padded and device
 positions opaque, so Dr.Jit's kernels compiled for the first map serve the next ones (raytrace.py).
