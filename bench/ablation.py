@@ -1,5 +1,6 @@
 """Score trained models side by side on validation roots: the ablation table of the default model
-(condition channels on/off, the regressor prior on/off) and its comparison with free space.
+(condition channels on/off, the regressor prior on/off, the residual over it on/off) and its
+comparison with free space.
 
 Each model (a diffusion or a regressor bundle or checkpoint; the kind is read from the file) samples
 the first PAIRS pairs of each root with irt4-infer's protocol (8-bit maps at 256 x 256, building
@@ -45,7 +46,8 @@ def load_any(path: Path, device: str):
         model, _ = load_baseline(path, device)
         return model, {"kind": "regressor"}
     model, _ = load_model(path, device)
-    return model, {"kind": "diffusion", "prior": model.cfg.diffusion.prior}
+    d = model.cfg.diffusion
+    return model, {"kind": "diffusion", "prior": d.prior, "residual": d.residual}
 
 
 def _pairs(root: Path, cfg, limit: int):

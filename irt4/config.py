@@ -108,6 +108,11 @@ class DiffusionConfig:
     # `baseline` section, weights from `irt4-train ldm --prior`) as one more condition channel, so the
     # diffusion model starts from what the regressor knows of the mean; "none": the reference
     prior: str = "none"
+    # with prior "regressor": diffuse the residual over the regressor, in latent space (the design of
+    # CorrDiff, arXiv 2309.15214, regression for the mean and diffusion for what it misses): the target
+    # is z(map) - z(regressor's map), z the VAE posterior mean, and a sample decodes z(regressor's map)
+    # + the sampled residual. false: the diffusion model reads the prior as a channel only
+    residual: bool = False
     # the sampler's time walk: "float64", or "float32" to reproduce the reference code's float32
     # accumulation call for call (irt4.diffusion.schedule.sampling_schedule; C++ engines walk in float64)
     schedule_dtype: str = "float64"
@@ -298,6 +303,11 @@ class Config:
         if self.diffusion.prior not in DIFFUSION_PRIORS:
             raise ConfigError(
                 f"diffusion.prior must be one of {list(DIFFUSION_PRIORS)}, got {self.diffusion.prior!r}"
+            )
+        if self.diffusion.residual and self.diffusion.prior != "regressor":
+            raise ConfigError(
+                "diffusion.residual is the residual over a regressor's prediction: it needs "
+                "diffusion.prior=regressor"
             )
         self.swin.in_channels = len(data.condition) + (self.diffusion.prior == "regressor")
 

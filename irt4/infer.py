@@ -278,7 +278,7 @@ class Sampler:
                 noise=noise,
                 schedule_dtype=self.model.cfg.diffusion.schedule_dtype,
             )
-            maps = self.model.decode_latents(latents.float())
+            maps = self.model.decode_latents(latents.float(), self.model.mean_latents(cond))
         return _on_disk_grid(maps)
 
 

@@ -5,9 +5,11 @@
 #            only in their condition channels: all physics channels (CHANNELS; the one the diffusion
 #            model builds on), the reference's [buildings, transmitter, buildings], and
 #            [buildings, transmitter, log_distance];
-#   phase 2, side by side: two diffusion models of LDM_SECONDS each on the VAE's cached latents, both on
-#            CHANNELS, one conditioned on the frozen all-channels regressor (`--prior`), one without;
-#   then:    fp16 EMA bundles of all five, and `python -m bench.ablation` on the validation roots
+#   phase 2, side by side: three diffusion models of LDM_SECONDS each on the VAE's cached latents, all
+#            on CHANNELS: one conditioned on the frozen all-channels regressor (`--prior`), one that
+#            also diffuses only the residual over it (`diffusion.residual`, CorrDiff's design in latent
+#            space), one without a regressor;
+#   then:    fp16 EMA bundles of all six, and `python -m bench.ablation` on the validation roots
 #            (EVAL_PAIRS pairs of each; diffusion at 3 and 50 steps) into RUN/ablation.
 #
 #   scripts/train-v2.sh RUN_DIR
@@ -87,8 +89,9 @@ wait
     exit 1
 }
 
-log "phase 2: two diffusion models ${LDM_SECONDS} s each, with and without the regressor prior"
+log "phase 2: three diffusion models ${LDM_SECONDS} s each: regressor prior, prior + residual, neither"
 ldm ldm-prior --prior "$RUN/reg-all/last.pt" &
+ldm ldm-residual --prior "$RUN/reg-all/last.pt" --set diffusion.residual=true &
 ldm ldm-plain &
 wait
 
@@ -103,7 +106,7 @@ from irt4.baseline.bundle import load_baseline, save_baseline
 from irt4.models.bundle import load_model, save_bundle
 
 run = Path(sys.argv[1])
-for name in ("ldm-prior", "ldm-plain"):
+for name in ("ldm-prior", "ldm-residual", "ldm-plain"):
     if (run / name / "last.pt").exists():
         model, _ = load_model(run / name / "last.pt")
         save_bundle(run / f"{name}.safetensors", model, weights="ema", dtype=torch.float16)
@@ -114,7 +117,7 @@ for name in ("reg-all", "reg-reference", "reg-log-distance"):
 PYEOF
 
 MODELS=()
-for name in ldm-prior ldm-plain reg-all reg-reference reg-log-distance; do
+for name in ldm-prior ldm-residual ldm-plain reg-all reg-reference reg-log-distance; do
     [ -e "$RUN/$name.safetensors" ] && MODELS+=(--model "$name=$RUN/$name.safetensors")
 done
 ROOTS=()

@@ -31,7 +31,7 @@ from torch import nn
 from irt4 import __version__
 from irt4.config import config_to_dict
 from irt4.errors import InputError
-from irt4.export.onnx import GraphSpec, export_example_inputs, export_onnx, graph_specs
+from irt4.export.onnx import RESIDUAL_NOT_SERVED, GraphSpec, export_example_inputs, export_onnx, graph_specs
 from irt4.models.kernel_switch import use_kernels
 from irt4.models.layers import fold_weight_standardization
 from irt4.models.radiodiff import RadioDiff
@@ -285,6 +285,8 @@ def build_engine(
     batch.check()
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"--device {device}: no CUDA GPU is visible")
+    if model.cfg.diffusion.residual:
+        raise InputError(RESIDUAL_NOT_SERVED)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from irt4.config import Config
+from irt4.errors import InputError
 from irt4.models.layers import (
     SpectralFilter,
     WeightStandardizedConv2d,
@@ -51,6 +52,13 @@ from irt4.models.radiodiff import RadioDiff
 
 DEFAULT_OPSET = 18
 BATCH = "batch"  # the name of the dynamic batch axis in every graph
+
+# the serving graphs run the condition network, the UNet step and the decoder; a residual model also
+# needs the VAE encoder on the regressor's map between the first and the last (not exported yet)
+RESIDUAL_NOT_SERVED = (
+    "diffusion.residual models sample with the PyTorch backends only (irt4-infer --backend torch or "
+    "torch-compile): the exported graphs do not add the regressor's latents before decoding"
+)
 
 
 @dataclass(frozen=True)
@@ -264,6 +272,8 @@ def export_onnx(
 
     # a batch of 1 lets the tracer specialize on it: the batch axis must be seen as a variable
     assert example_batch >= 2, "export with an example batch of at least 2"
+    if model.cfg.diffusion.residual:
+        raise InputError(RESIDUAL_NOT_SERVED)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     specs = graph_specs(model.cfg, cond_channels)

@@ -175,15 +175,22 @@ class ConditionalUNet(nn.Module):
         self.c_decoder = Decoder(cfg, dims, time_dim)
         self.noise_decoder = Decoder(cfg, dims, time_dim)
 
+    @torch.no_grad()
+    def prior_map(self, cond: torch.Tensor) -> torch.Tensor:
+        """The frozen regressor's radio map in [-1, 1], like the targets, from the (adapted) condition."""
+        gain = torch.sigmoid(self.prior(cond).float()).to(cond.dtype)
+        return gain * 2 - 1
+
+    def adapt_condition(self, cond: torch.Tensor) -> torch.Tensor:
+        """The condition as the backbone and the prior read it (cond_adapter applied where it fits)."""
+        adapted = self.cond_adapter is not None and cond.shape[1] == self.cond_adapter.in_channels
+        return self.cond_adapter(cond) if adapted and cond.shape[1] != self.base_channels else cond
+
     def encode_condition(self, cond: torch.Tensor) -> CondFeatures:
         """(B, C or cond_adapter_channels, H, W) condition image -> features reused by every step."""
-        adapted = self.cond_adapter is not None and cond.shape[1] == self.cond_adapter.in_channels
-        if adapted and cond.shape[1] != self.base_channels:
-            cond = self.cond_adapter(cond)
+        cond = self.adapt_condition(cond)
         if self.prior is not None:
-            with torch.no_grad():
-                gain = torch.sigmoid(self.prior(cond).float()).to(cond.dtype)  # [0, 1], like the targets
-            cond = torch.cat([cond, gain * 2 - 1], dim=1)
+            cond = torch.cat([cond, self.prior_map(cond)], dim=1)
         stages = self.cond_backbone(cond)
         return (stages[0], *(proj(stage) for proj, stage in zip(self.cond_projections, stages)))
 

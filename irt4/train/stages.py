@@ -179,7 +179,7 @@ class LDMStage:
         self.module = self.model.unet
         self.train_set, self.sample_set = train_set, sample_set
         self.cache_latents = cache_latents
-        self.latent_cache: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.latent_cache: tuple[torch.Tensor, ...] | None = None  # (mean, std[, residual base]) per sample
         self.keep_scale_factor = False  # set by init_from_trained: the UNet learned that latent scale
 
     def to(self, device: torch.device, memory_format: torch.memory_format) -> None:
@@ -188,15 +188,17 @@ class LDMStage:
             self.latent_cache = self._encode_all(device)
 
     @torch.no_grad()
-    def _encode_all(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encode_all(self, device: torch.device) -> tuple[torch.Tensor, ...]:
         start = time.perf_counter()
         loader = DataLoader(self.train_set, batch_size=16, num_workers=self.cfg.data.num_workers)
-        means, stds = [], []
+        means, stds, bases = [], [], []
         for batch in loader:
             posterior = self.model.vae.encode(batch["image"].to(device))
             means.append(posterior.mean)
             stds.append(posterior.std)
-        cache = torch.cat(means), torch.cat(stds)
+            if self.cfg.diffusion.residual:  # the frozen regressor's latents, fixed per sample too
+                bases.append(self.model.mean_latents(batch["cond"].to(device)))
+        cache = (torch.cat(means), torch.cat(stds), *([torch.cat(bases)] if bases else []))
         log.info("cached %d latent posteriors in %.1f s", len(cache[0]), time.perf_counter() - start)
         return cache
 
@@ -209,19 +211,34 @@ class LDMStage:
         noise = torch.randn(mean.shape, generator=generator, device=generator.device, dtype=mean.dtype)
         return mean + std * noise.to(mean.device)
 
+    def _residual_base(self, batch: dict) -> torch.Tensor | None:
+        """diffusion.residual: the unscaled latents of the regressor's map (RadioDiff.mean_latents)."""
+        if not self.cfg.diffusion.residual:
+            return None
+        if self.latent_cache is None:
+            return self.model.mean_latents(batch["cond"])
+        return self.latent_cache[2][batch["index"].to(self.latent_cache[2].device)]
+
+    def _target_latents(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        """Unscaled diffusion targets: z of the maps, less the regressor's under diffusion.residual."""
+        z = self._latents(batch, generator)
+        base = self._residual_base(batch)
+        return z if base is None else z - base
+
     @torch.no_grad()
     def first_batch(self, batch: dict, generator: torch.Generator) -> dict[str, float]:
         if not self.cfg.diffusion.scale_by_std or self.keep_scale_factor:
             return {}
         # spec "Latent scaling", as RadioDiff.set_scale_from_batch, on the (possibly cached) posterior
-        self.model.scale_factor.fill_(1.0 / self._latents(batch, generator).float().flatten().std())
+        target = self._target_latents(batch, generator)
+        self.model.scale_factor.fill_(1.0 / target.float().flatten().std())
         if torch.distributed.is_initialized():
             torch.distributed.broadcast(self.model.scale_factor, src=0)
         return {"scale_factor": float(self.model.scale_factor)}
 
     def loss(self, module: nn.Module, batch: dict, generator: torch.Generator):
         with torch.no_grad():
-            x0 = self._latents(batch, generator) * self.model.scale_factor
+            x0 = self._target_latents(batch, generator) * self.model.scale_factor
         return training_loss(module, x0, batch["cond"], self.cfg.diffusion, generator)
 
     def predict(self, ema_module: nn.Module, batch: dict, steps: int, generator: torch.Generator):
@@ -239,14 +256,22 @@ class LDMStage:
         if self.latent_cache is None:
             self.model.load_state_dict(state)
             return
-        vae_before = {name: value.clone() for name, value in self.model.vae.state_dict().items()}
+        before = {name: value.clone() for name, value in self._cached_from().items()}
         self.model.load_state_dict(state)
-        vae_after = self.model.vae.state_dict()
-        if any(not torch.equal(vae_before[name], vae_after[name]) for name in vae_before):
+        after = self._cached_from()
+        if any(not torch.equal(before[name], after[name]) for name in before):
             # a resumed run cached its latents (Trainer.__init__, stage.to) before its checkpoint's VAE
-            # arrived: latents of the wrong VAE would silently retrain the UNet on noise
-            log.info("the checkpoint's VAE differs from the one the latents were cached with: re-caching")
+            # (or residual regressor) arrived: latents of the wrong one would silently retrain the UNet
+            log.info("the checkpoint's VAE or regressor differs from the cached latents' own: re-caching")
             self.latent_cache = self._encode_all(self.model.scale_factor.device)
+
+    def _cached_from(self) -> dict[str, torch.Tensor]:
+        """The frozen weights the latent cache depends on: the VAE's, and the regressor's under
+        diffusion.residual."""
+        state = {f"vae.{k}": v for k, v in self.model.vae.state_dict().items()}
+        if self.cfg.diffusion.residual:
+            state.update({f"prior.{k}": v for k, v in self.model.unet.prior.state_dict().items()})
+        return state
 
     def scale_factor(self) -> float | None:
         return float(self.model.scale_factor)
