@@ -119,3 +119,22 @@ def test_irt4_infer_samples_a_residual_model_as_the_model_does():
         maps,
         torch.nn.functional.interpolate(expected, size=(size, size), mode="bilinear", antialias=True)[:, 0],
     )
+
+
+def test_init_from_a_prior_model_into_a_residual_run_measures_the_new_scale(
+    regressor_run, committed_dataset, tmp_path  # noqa: F811
+):
+    root = regressor_run
+    argv = ["ldm", *common(committed_dataset), "--set", CONDITION, "--cache-latents", "--sample-steps", "1"]
+    first = [*argv, "--vae", str(root / "vae/last.pt"), "--prior", str(root / "base/last.pt")]
+    assert main([*first, "--out", str(tmp_path / "prior"), "--steps", "1"]) == 0
+    prior_model, _ = load_model(tmp_path / "prior/last.pt")
+    then = ["--init-from", str(tmp_path / "prior/last.pt"), "--set", "diffusion.prior=regressor"]
+    then += ["--set", "diffusion.residual=true", "--out", str(tmp_path / "residual"), "--steps", "1"]
+    assert main([*argv, *then]) == 0
+    model, _ = load_model(tmp_path / "residual/last.pt")
+    assert model.cfg.diffusion.residual
+    # the prior model's scale fits the whole map's latents: the residual run measured its own
+    assert float(model.scale_factor) != pytest.approx(float(prior_model.scale_factor), rel=1e-3)
+    for name, value in prior_model.unet.prior.state_dict().items():
+        assert torch.equal(model.unet.prior.state_dict()[name], value), name

@@ -365,7 +365,9 @@ def init_from_trained(stage: LDMStage | BaselineStage, path: Path) -> Config:
         )
     stage.model.load_state_dict({name: value.to(ours[name].dtype) for name, value in theirs.items()})
     if isinstance(stage, LDMStage):
-        stage.keep_scale_factor = True
+        # the UNet learned the latents at that scale; a run that switches diffusion.residual diffuses
+        # other latents (the residual, or the whole map's), whose scale the first batch measures afresh
+        stage.keep_scale_factor = trained.cfg.diffusion.residual == stage.cfg.diffusion.residual
     log.info("--init-from: network weights from %s", path)
     return trained.cfg
 
