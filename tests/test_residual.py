@@ -122,7 +122,9 @@ def test_irt4_infer_samples_a_residual_model_as_the_model_does():
 
 
 def test_init_from_a_prior_model_into_a_residual_run_measures_the_new_scale(
-    regressor_run, committed_dataset, tmp_path  # noqa: F811
+    regressor_run,  # noqa: F811
+    committed_dataset,
+    tmp_path,
 ):
     root = regressor_run
     argv = ["ldm", *common(committed_dataset), "--set", CONDITION, "--cache-latents", "--sample-steps", "1"]
