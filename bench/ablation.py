@@ -50,11 +50,23 @@ def load_any(path: Path, device: str):
     return model, {"kind": "diffusion", "prior": d.prior, "residual": d.residual}
 
 
-def _pairs(root: Path, cfg, limit: int):
+def map_id_list(text: str) -> list[int]:
+    """'0-8,10,12-16' -> [0, 1, ..., 8, 10, 12, ..., 16] (ranges inclusive)."""
+    ids: list[int] = []
+    for part in text.split(","):
+        first, _, last = part.strip().partition("-")
+        try:
+            ids.extend(range(int(first), int(last or first) + 1))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r} is not a map id or an a-b range") from None
+    return ids
+
+
+def _pairs(root: Path, cfg, limit: int, map_ids: list[int] | None = None):
     from irt4.data.radiomapseer import RadioMapSeer, model_inputs
     from irt4.infer import DatasetPairs
 
-    source = DatasetPairs(RadioMapSeer(root, split="all", **model_inputs(cfg)))
+    source = DatasetPairs(RadioMapSeer(root, split="all", map_ids=map_ids, **model_inputs(cfg)))
     source.pairs = source.pairs[:limit]
     return source
 
@@ -68,7 +80,7 @@ def score_root(models: dict, root: Path, args) -> dict[str, list[dict]]:
     work = args.work / root.name
     source = None
     for label, (model, info) in models.items():
-        source = _pairs(root, model.cfg, args.pairs)
+        source = _pairs(root, model.cfg, args.pairs, args.map_ids)
         for steps in args.steps if info["kind"] == "diffusion" else [1]:
             name = f"{label}, {steps} steps" if info["kind"] == "diffusion" else label
             options = InferenceOptions(
@@ -153,6 +165,15 @@ def main(argv: list[str] | None = None) -> int:
         default=[3, 50],
         help="the diffusion models' sampling steps, comma-separated (default: 3,50)",
     )
+    parser.add_argument(
+        "--map-ids",
+        type=map_id_list,
+        metavar="IDS",
+        help="only these maps of each root, e.g. 0-8,10-16 (default: all; training maps measure the fit)",
+    )
+    parser.add_argument(
+        "--name", default="ablation", help="results file <date>-NAME.json/.md (default: %(default)s)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="sampler seed (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=16, help="pairs per batch (default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
@@ -179,11 +200,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.device != "cpu"
         else f"cpu ({platform.processor() or platform.machine()})",
         "seed": args.seed,
+        "map_ids": args.map_ids,
         "models": {label: {"path": str(path), **models[label][1]} for label, path in args.model},
         "roots": {str(root): score_root(models, root, args) for root in roots},
         "styles": {str(root): {str(k): v for k, v in map_styles(root).items()} for root in roots},
     }
-    write_dated(args.out, "ablation", results, markdown(results))
+    write_dated(args.out, args.name, results, markdown(results))
     return 0
 
 

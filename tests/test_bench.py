@@ -4,6 +4,7 @@ is asserted."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -398,3 +399,28 @@ def test_cpu_preset_bench_builds_both_engines_and_reports_a_table_per_step_count
     assert "- engine-bf16/: bf16, batch 1..32, aoti;" in text and "unet_step 3 s; the whole build 2 s" in text
     commands.clear()
     assert cpu_preset.main(argv) == 0 and commands == []
+
+
+def test_ablation_bench_scores_only_the_maps_named(committed_dataset, tmp_path):
+    from bench import ablation
+
+    assert ablation.map_id_list("0-2,5, 7-8") == [0, 1, 2, 5, 7, 8]
+    with pytest.raises(argparse.ArgumentTypeError, match="'x'"):
+        ablation.map_id_list("1,x")
+    assets = Path(__file__).resolve().parents[1] / "irt4" / "assets"
+    (last,) = sorted(int(p.stem) for p in (committed_dataset / "png/buildings_complete").glob("*.png"))[-1:]
+    argv = ["--model", f"regressor={assets / 'baseline-small.safetensors'}", "--root", str(committed_dataset)]
+    argv += [
+        "--map-ids",
+        str(last),
+        "--name",
+        "fit",
+        "--work",
+        str(tmp_path / "maps"),
+        "--out",
+        str(tmp_path),
+    ]
+    assert ablation.main(argv) == 0
+    (result,) = tmp_path.glob("*-fit.json")
+    rows = json.loads(result.read_text())["roots"][str(committed_dataset)]
+    assert {r["map_id"] for model_rows in rows.values() for r in model_rows} == {last}

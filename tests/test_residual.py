@@ -1,5 +1,7 @@
 """diffusion.residual: the diffusion model learns the residual over its frozen regressor in latent space."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -140,3 +142,30 @@ def test_init_from_a_prior_model_into_a_residual_run_measures_the_new_scale(
     assert float(model.scale_factor) != pytest.approx(float(prior_model.scale_factor), rel=1e-3)
     for name, value in prior_model.unet.prior.state_dict().items():
         assert torch.equal(model.unet.prior.state_dict()[name], value), name
+
+
+def _prior_decode_script():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "prior-delta-decode.py"
+    spec = importlib.util.spec_from_file_location("prior_delta_decode", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("decode", ["delta", "vae"])
+def test_the_decode_trials_at_zero_residual(decode, monkeypatch):
+    script = _prior_decode_script()
+    for name in ("mean_latents", "decode_latents"):  # restored after the test
+        monkeypatch.setattr(RadioDiff, name, getattr(RadioDiff, name))
+    model = residual_model()
+    cond = conditions(model.cfg)
+    monkeypatch.setattr(
+        "irt4.models.radiodiff.sample_latents", lambda unet, cond, shape, **_: torch.zeros(len(cond), *shape)
+    )
+    through_vae = model.sample(cond, steps=2)
+    script.install(decode)
+    regressor = (torch.sigmoid(model.unet.prior(cond)) * 2 - 1 + 1) / 2
+    # delta: the VAE's error on the regressor's map cancels, leaving that map; vae: the plain decoding
+    torch.testing.assert_close(model.sample(cond, steps=2), regressor if decode == "delta" else through_vae)
