@@ -38,12 +38,6 @@ def prior_map_01(model: RadioDiff, cond: torch.Tensor) -> torch.Tensor:
     return (model.unet.prior_map(model.unet.adapt_condition(cond)).float() + 1) / 2
 
 
-def through_vae(model: RadioDiff, image01: torch.Tensor) -> torch.Tensor:
-    """D(E(map)) in [0, 1], E the posterior mean."""
-    z = model.vae.encode(image01 * 2 - 1).mean
-    return ((model.vae.decode(z) + 1) / 2).clamp(0.0, 1.0)
-
-
 def install(decode: str) -> None:
     """Make RadioDiff's decoding (which irt4-infer's sampler calls after mean_latents(cond)) use `decode`."""
     mean_latents, decode_latents = RadioDiff.mean_latents, RadioDiff.decode_latents
@@ -56,7 +50,9 @@ def install(decode: str) -> None:
         if self.unet.prior is None:
             raise SystemExit("prior-delta-decode: a model without a regressor prior (diffusion.prior)")
         prior = prior_map_01(self, self._last_cond)
-        prior_seen = through_vae(self, prior)
+        # E(regressor's map): a residual model's mean latents already are it
+        prior_latents = mean if mean is not None else self.vae.encode(prior * 2 - 1).mean
+        prior_seen = decode_latents(self, torch.zeros_like(latents), prior_latents)  # D(E(...)) in [0, 1]
         if decode == "vae":
             return prior_seen
         return (prior + decode_latents(self, latents, mean) - prior_seen).clamp(0.0, 1.0)

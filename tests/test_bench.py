@@ -408,7 +408,7 @@ def test_ablation_bench_scores_only_the_maps_named(committed_dataset, tmp_path):
     with pytest.raises(argparse.ArgumentTypeError, match="'x'"):
         ablation.map_id_list("1,x")
     assets = Path(__file__).resolve().parents[1] / "irt4" / "assets"
-    (last,) = sorted(int(p.stem) for p in (committed_dataset / "png/buildings_complete").glob("*.png"))[-1:]
+    last = max(int(p.stem) for p in (committed_dataset / "png/buildings_complete").glob("*.png"))
     argv = ["--model", f"regressor={assets / 'baseline-small.safetensors'}", "--root", str(committed_dataset)]
     argv += [
         "--map-ids",
